@@ -1,0 +1,3 @@
+from sweep_platform.cli import main
+
+main()

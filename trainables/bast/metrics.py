@@ -1,0 +1,156 @@
+"""Localization metrics and the paper's analyses (§4.2, §5.2–5.4): pure functions, arrays in, numbers out.
+
+- AD: angle between predicted and true direction in degrees (exact: no clamp, float64), averaged.
+- MSE: squared Euclidean distance between predicted and true (x, y), averaged (eq. 2).
+- Per azimuth and per environment breakdowns.
+- Left versus right hemifield: per-azimuth means at mirrored azimuths (az and 360 − az, the midline excluded)
+  compared with paired t-tests, corrected for multiple comparisons by Benjamini–Hochberg FDR (Fig. 3–4).
+
+Azimuths are degrees counter-clockwise from the front (90 = left), as in `design.md`.
+Notation: N samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.stats
+
+METRICS = ("ad_deg", "mse")
+
+
+def _as_xy(a) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"expected an [N, 2] array of (x, y) coordinates, got shape {a.shape}")
+    return a
+
+
+def angular_error_deg(pred, target) -> np.ndarray:
+    """[N, 2], [N, 2] -> [N] angle between prediction and target in degrees, in [0, 180].
+
+    A zero prediction has no direction and scores 90° (chance), matching the loss.
+    """
+    p, t = _as_xy(pred), _as_xy(target)
+    cross = p[:, 0] * t[:, 1] - p[:, 1] * t[:, 0]
+    dot = np.sum(p * t, axis=1)
+    angle = np.degrees(np.arctan2(np.abs(cross), dot))
+    return np.where((cross == 0) & (dot == 0), 90.0, angle)
+
+
+def squared_error(pred, target) -> np.ndarray:
+    """[N, 2], [N, 2] -> [N] squared Euclidean distance."""
+    p, t = _as_xy(pred), _as_xy(target)
+    return np.sum((p - t) ** 2, axis=1)
+
+
+def summary(pred, target, prefix: str = "") -> dict[str, float]:
+    """Mean AD (degrees) and MSE, keyed `{prefix}_ad_deg` and `{prefix}_mse` (e.g. val_ad_deg, test_mse)."""
+    head = f"{prefix}_" if prefix else ""
+    return {
+        f"{head}ad_deg": float(np.mean(angular_error_deg(pred, target))),
+        f"{head}mse": float(np.mean(squared_error(pred, target))),
+    }
+
+
+def target_azimuth_deg(target) -> np.ndarray:
+    """True azimuth in whole degrees [0, 360) recovered from (cos az, sin az) targets."""
+    t = _as_xy(target)
+    return np.mod(np.rint(np.degrees(np.arctan2(t[:, 1], t[:, 0]))), 360.0).astype(int)
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Mean metrics over one group of samples."""
+
+    group: str | int
+    n: int
+    ad_deg: float
+    mse: float
+
+
+def per_group(pred, target, groups) -> list[GroupStats]:
+    """Mean AD and MSE for each distinct value of `groups` ([N]), in sorted order of the values."""
+    groups = np.asarray(groups)
+    if len(groups) != len(_as_xy(pred)):
+        raise ValueError(f"groups has {len(groups)} entries for {len(pred)} predictions")
+    ad, se = angular_error_deg(pred, target), squared_error(pred, target)
+    out = []
+    for g in np.unique(groups):
+        mask = groups == g
+        key = g.item() if hasattr(g, "item") else g
+        out.append(GroupStats(key, int(mask.sum()), float(ad[mask].mean()), float(se[mask].mean())))
+    return out
+
+
+def per_azimuth(pred, target, azimuth_deg=None) -> list[GroupStats]:
+    """Mean AD and MSE at each true azimuth (taken from the targets when not given)."""
+    az = target_azimuth_deg(target) if azimuth_deg is None else np.mod(np.rint(azimuth_deg), 360).astype(int)
+    return per_group(pred, target, az)
+
+
+def per_environment(pred, target, environment) -> list[GroupStats]:
+    """Mean AD and MSE for each environment (e.g. anechoic, reverberant)."""
+    return per_group(pred, target, np.asarray(environment).astype(str))
+
+
+@dataclass(frozen=True)
+class HemifieldTest:
+    """Paired t-test of one metric between the left (0 < az < 180) and right (180 < az < 360) hemifields."""
+
+    metric: str
+    environment: str
+    n_pairs: int
+    left_mean: float
+    right_mean: float
+    t: float
+    p: float
+    p_fdr: float
+    significant: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mirrored_pairs(stats: list[GroupStats], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-azimuth values at left azimuths a and their mirrors 360 − a: (azimuths, left values, right values)."""
+    by_az = {int(s.group): getattr(s, metric) for s in stats}
+    left_az = np.array(sorted(a for a in by_az if 0 < a < 180 and (360 - a) in by_az), dtype=int)
+    return left_az, np.array([by_az[a] for a in left_az]), np.array([by_az[360 - a] for a in left_az])
+
+
+def hemifield_tests(pred, target, azimuth_deg=None, environment=None, alpha: float = 0.05) -> list[HemifieldTest]:
+    """Left versus right hemifield, per metric and per environment ("all" plus each one when there are several).
+
+    Each test pairs the per-azimuth mean at a with the one at 360 − a (scipy.stats.ttest_rel). The p-values of all the
+    tests returned are corrected together with Benjamini–Hochberg (scipy.stats.false_discovery_control).
+    """
+    p_xy, t_xy = _as_xy(pred), _as_xy(target)
+    az = target_azimuth_deg(t_xy) if azimuth_deg is None else np.asarray(azimuth_deg)
+    envs = np.full(len(p_xy), "all") if environment is None else np.asarray(environment).astype(str)
+    subsets = [("all", np.ones(len(p_xy), bool))]
+    if environment is not None and len(np.unique(envs)) > 1:
+        subsets += [(e, envs == e) for e in np.unique(envs)]
+    raw = []
+    for env, mask in subsets:
+        stats = per_azimuth(p_xy[mask], t_xy[mask], az[mask])
+        for metric in METRICS:
+            _, left, right = mirrored_pairs(stats, metric)
+            if len(left) < 2:
+                raise ValueError(
+                    f"hemifield test for {metric} ({env}) needs at least 2 mirrored azimuth pairs, found {len(left)}"
+                )
+            res = scipy.stats.ttest_rel(left, right)
+            # Identical hemifields give t = nan (0/0): no evidence of a difference.
+            t_stat = float(np.nan_to_num(res.statistic, nan=0.0))
+            p = float(np.nan_to_num(res.pvalue, nan=1.0))
+            raw.append((metric, env, len(left), float(left.mean()), float(right.mean()), t_stat, p))
+    p_fdr = fdr_correct([r[-1] for r in raw])
+    return [HemifieldTest(*r, float(q), bool(q < alpha)) for r, q in zip(raw, p_fdr)]
+
+
+def fdr_correct(pvalues) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    return scipy.stats.false_discovery_control(p, method="bh") if len(p) else p
