@@ -45,6 +45,51 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def measure_step(preset_name: str = "bast_paper", sharing: str = "NSP", integration: str = "sub", batch: int = 8,
+                 device: str = "cpu", dtype: str = "fp32", steps: int = 5, warmup: int = 2,
+                 compile: bool = False) -> dict:
+    """Time `steps` Adam training steps after `warmup`; returns the figures printed by main()."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    cfg = preset(preset_name, sharing=sharing, integration=integration)
+    model = BAST(cfg).to(dev)
+    x = torch.randn(batch, 2, cfg.freq_bins, cfg.frames, device=dev)
+    target = torch.nn.functional.normalize(torch.randn(batch, 2, device=dev), dim=1)
+    fwd_flops = forward_flops(model, x[:1])
+    step_model = torch.compile(model) if compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss = hybrid_loss(step_model(x).float(), target, 0.5)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    elapsed = time.perf_counter() - start
+    samples_per_s = batch * steps / elapsed
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    achieved = 3 * fwd_flops * samples_per_s / 1e12
+    peak = next((v for (k, dt), v in PEAK_TFLOPS.items() if k in name and dt == dtype), None)
+    return {"device": name, "device_type": dev.type, "params": count_parameters(model), "fwd_flops": fwd_flops,
+            "step_s": elapsed / steps, "samples_per_s": samples_per_s, "tflops": achieved,
+            "mfu": achieved / peak if peak else None, "peak_tflops": peak, "peak_mem_mb": peak_memory_mb(dev)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="bast_paper")
@@ -58,55 +103,19 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model first")
     args = ap.parse_args()
 
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    cfg = preset(args.preset, sharing=args.sharing, integration=args.integration)
-    model = BAST(cfg).to(device)
-    n_params = count_parameters(model)
-    x = torch.randn(args.batch, 2, cfg.freq_bins, cfg.frames, device=device)
-    target = torch.nn.functional.normalize(torch.randn(args.batch, 2, device=device), dim=1)
-    fwd_flops = forward_flops(model, x[:1])
-    step_model = torch.compile(model) if args.compile else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext())
-
-    def step() -> None:
-        with autocast:
-            loss = hybrid_loss(step_model(x).float(), target, 0.5)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    elapsed = time.perf_counter() - start
-
-    samples_per_s = args.batch * args.steps / elapsed
-    achieved = 3 * fwd_flops * samples_per_s / 1e12
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    threads = torch.get_num_threads()
-    print(f"device            {name} ({device.type}, {threads} CPU threads)")
-    print(f"model             {args.preset} BAST-{args.sharing} {args.integration}: {n_params / 1e6:.2f}M parameters")
+    r = measure_step(args.preset, args.sharing, args.integration, args.batch, args.device, args.dtype, args.steps,
+                     args.warmup, args.compile)
+    print(f"device            {r['device']} ({r['device_type']}, {torch.get_num_threads()} CPU threads)")
+    print(f"model             {args.preset} BAST-{args.sharing} {args.integration}: {r['params'] / 1e6:.2f}M parameters")
     print(f"batch / dtype     {args.batch} / {args.dtype}{' / compiled' if args.compile else ''}")
-    print(f"forward FLOPs     {fwd_flops / 1e9:.2f} GFLOP per sample (training step ~ {3 * fwd_flops / 1e9:.2f})")
-    print(f"step time         {elapsed / args.steps * 1000:.1f} ms")
-    print(f"throughput        {samples_per_s:.2f} samples/s (forward+backward+Adam)")
-    print(f"achieved          {achieved:.3f} TFLOP/s")
-    peak = next((v for (k, dt), v in PEAK_TFLOPS.items() if k in name and dt == args.dtype), None)
-    if peak:
-        print(f"MFU               {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s dense {args.dtype}")
-    print(f"peak memory       {peak_memory_mb(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'process RSS'})")
+    print(f"forward FLOPs     {r['fwd_flops'] / 1e9:.2f} GFLOP per sample (training step ~ {3 * r['fwd_flops'] / 1e9:.2f})")
+    print(f"step time         {r['step_s'] * 1000:.1f} ms")
+    print(f"throughput        {r['samples_per_s']:.2f} samples/s (forward+backward+Adam)")
+    print(f"achieved          {r['tflops']:.3f} TFLOP/s")
+    if r["mfu"] is not None:
+        print(f"MFU               {100 * r['mfu']:.1f}% of {r['peak_tflops']:g} TFLOP/s dense {args.dtype}")
+    where = "GPU allocated" if r["device_type"] == "cuda" else "process RSS"
+    print(f"peak memory       {r['peak_mem_mb']:.0f} MiB ({where})")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,15 @@ app = typer.Typer(
 )
 console = Console()
 
+
+def _mount_groups() -> None:
+    from sweep_platform import data_cli
+
+    app.add_typer(data_cli.app, name="data")
+
+
+_mount_groups()
+
 PACKAGES = ("binsweep", "torch", "ray", "mlflow", "optuna")
 
 

@@ -114,3 +114,67 @@ def generated_corpus(
         clips[i] = generate_sound(kind, n_samples, sample_rate, np.random.default_rng([seed, i]))
         kinds.append(kind)
     return clips, kinds
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+
+
+def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    from fractions import Fraction
+
+    import scipy.signal
+
+    if rate == target:
+        return x
+    ratio = Fraction(target, rate).limit_denominator(1000)
+    return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
+
+
+def clips_from_file(path, n_samples: int = 8000, sample_rate: int = 16000, silence_dbfs: float = -45.0
+                    ) -> list[np.ndarray]:
+    """Read any audio file soundfile can (any rate, mono or stereo), mix to mono, resample, cut into
+    non-overlapping clips of n_samples, and drop clips whose RMS is below `silence_dbfs` re full scale.
+    Each kept clip is peak-normalised float32 [n_samples]."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    except Exception as exc:  # soundfile raises its own LibsndfileError and RuntimeError subclasses
+        raise ValueError(f"{path}: cannot be read as audio ({exc})") from exc
+    mono = _resample(data.mean(axis=1), rate, sample_rate)
+    clips = []
+    for start in range(0, len(mono) - n_samples + 1, n_samples):
+        clip = mono[start : start + n_samples]
+        rms = np.sqrt(np.mean(clip**2))
+        if rms <= 0 or 20 * np.log10(rms) < silence_dbfs:
+            continue
+        clips.append(_ramp((clip / np.abs(clip).max()).astype(np.float64), sample_rate).astype(np.float32))
+    return clips
+
+
+def folder_corpus(folder, n_samples: int = 8000, sample_rate: int = 16000, silence_dbfs: float = -45.0
+                  ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Every audio file below `folder`, cut into clips: ([N, n_samples] float32, sound ids, source paths).
+
+    A sound id is the file's path relative to the folder plus the clip index, so clips of one file stay
+    distinguishable while the split can still be made by sound.
+    """
+    from pathlib import Path
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sound folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"sound folder {root} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    clips, ids, sources = [], [], []
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        for i, clip in enumerate(clips_from_file(f, n_samples, sample_rate, silence_dbfs)):
+            clips.append(clip)
+            ids.append(f"{rel}#{i}")
+            sources.append(rel)
+    if not clips:
+        raise ValueError(f"sound folder {root}: no clip of {n_samples} samples above {silence_dbfs} dBFS in "
+                         f"{len(files)} files")
+    return np.stack(clips), ids, sources

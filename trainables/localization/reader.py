@@ -1,0 +1,90 @@
+"""Streams a split of a localization dataset to training workers as batches of binaural waveforms.
+
+Each of `world_size` workers reads only its own contiguous share of the (epoch-shuffled) shard order, and every
+worker gets the same number of rows, so DDP ranks always run the same number of steps. Rows are shuffled within
+each shard and shards are shuffled per epoch; the same (seed, epoch) gives the same batches. Spectrograms are not
+computed here: the train loop runs `trainables.audio.BinauralFrontEnd` on the training device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from trainables.localization import shards
+
+
+class ShardReader(torch.utils.data.IterableDataset):
+    """Yields {"wave": [B, 2, S] float32, "azimuth": [B] int64, "environment": [B] int64} batches.
+
+    `environments` lists the names behind the environment codes (from the manifest, sorted).
+    """
+
+    def __init__(self, root: str | Path, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.manifest = shards.load_manifest(root)
+        self.split, self.batch_size = split, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+        self.files = [(root_file, entry["rows"]) for root_file, entry in zip(
+            self.manifest.shards(split), [e for e in self.manifest.data["shards"] if e["split"] == split])]
+        if not self.files:
+            raise ValueError(f"{self.manifest.root}: the dataset has no {split!r} rows")
+        self.total_rows = sum(n for _, n in self.files)
+        self.rows_per_worker = self.total_rows // world_size
+        self.environments = sorted(self.manifest.data["counts"][split]["by_environment"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n, b = self.rows_per_worker, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def _my_rows(self) -> Iterator[tuple[Path, np.ndarray]]:
+        """(shard file, row indices inside it) covering this worker's share."""
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.files)) if self.shuffle
+                 else np.arange(len(self.files)))
+        lo = self.rank * self.rows_per_worker
+        hi = lo + self.rows_per_worker
+        start = 0
+        for k in order:
+            path, n = self.files[k]
+            a, b = max(lo, start), min(hi, start + n)
+            if a < b:
+                yield path, np.arange(a - start, b - start)
+            start += n
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        env_code = {e: i for i, e in enumerate(self.environments)}
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
+        waves, az, env = [], [], []
+        buffered = 0
+        for path, rows in self._my_rows():
+            table = pq.read_table(path).take(rows)
+            if self.shuffle:
+                table = table.take(rng.permutation(table.num_rows))
+            waves.append(shards.read_waves(table))
+            az.append(np.asarray(table.column("azimuth_deg").to_numpy(), dtype=np.int64))
+            env.append(np.array([env_code[e] for e in table.column("environment").to_pylist()], dtype=np.int64))
+            buffered += table.num_rows
+            while buffered >= self.batch_size:
+                batch, waves, az, env = _take(waves, az, env, self.batch_size)
+                buffered -= self.batch_size
+                yield batch
+        if buffered and not self.drop_last:
+            yield _take(waves, az, env, buffered)[0]
+
+
+def _take(waves, az, env, n):
+    w, a, e = np.concatenate(waves), np.concatenate(az), np.concatenate(env)
+    batch = {"wave": torch.from_numpy(w[:n]), "azimuth": torch.from_numpy(a[:n]), "environment": torch.from_numpy(e[:n])}
+    return batch, [w[n:]], [a[n:]], [e[n:]]
