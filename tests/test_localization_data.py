@@ -103,7 +103,8 @@ def test_reader_partitions_workers_equally(dataset):
         assert n == total // 3
         for b in batches:
             assert b["wave"].shape[1:] == (2, 8000) and b["wave"].dtype == torch.float32
-        seen.append(torch.cat([b["wave"][:, 0, :64] for b in batches]))
+        # whole rows: generated sounds can open with the same silence, so a prefix is not an identity
+        seen.append(torch.cat([b["wave"].flatten(1) for b in batches]))
     allrows = torch.cat(seen)
     assert len(torch.unique(allrows, dim=0)) == len(allrows)  # no row read by two workers
 
