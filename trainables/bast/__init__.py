@@ -1,6 +1,6 @@
 """BAST, the Binaural Audio Spectrogram Transformer (Kuang et al. 2022), as a binsweep trainable."""
 
-from trainables.bast.config import BASTConfig, BASTModelConfig, LossConfig, TrainConfig, preset
+from trainables.bast.config import BASTConfig, BASTModelConfig, DataConfig, LossConfig, TrainConfig, preset
 from trainables.bast.model import BAST, count_parameters
 from trainables.registry import TrainableSpec, register_trainable
 
@@ -20,4 +20,4 @@ SPEC = register_trainable(
     )
 )
 
-__all__ = ["BAST", "BASTConfig", "BASTModelConfig", "LossConfig", "TrainConfig", "count_parameters", "preset", "SPEC"]
+__all__ = ["BAST", "BASTConfig", "BASTModelConfig", "DataConfig", "LossConfig", "TrainConfig", "count_parameters", "preset", "SPEC"]

@@ -91,13 +91,27 @@ class LossConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Optimisation settings (paper §4.3)."""
+    """Optimisation settings (paper §4.3: Adam 1e-4, batch 48, 50 epochs, constant rate)."""
 
     epochs: int = Field(50, ge=1)
-    batch_size: int = Field(48, ge=1)
+    batch_size: int = Field(48, ge=1, description="global batch: split evenly over the Train workers")
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule after warmup")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup from 0, in epochs (fractions allowed)")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="clip the global gradient norm; null = no clipping")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the model")
     seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Which localization dataset (built by `binsweep data localization`) and which of its environments to use."""
+
+    root: str = Field("data/loc", description="dataset folder holding manifest.json; relative to BINSWEEP_HOME")
+    train_environments: tuple[str, ...] | None = Field(
+        None, description="train and validate on these environments only (all when null); the test split is "
+        "always evaluated on every environment, which gives the paper's Table 3 cross-environment row")
 
 
 class BASTConfig(_Strict):
@@ -106,6 +120,19 @@ class BASTConfig(_Strict):
     model: BASTModelConfig = BASTModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data):
+        """`model: {preset: bast_tiny, dropout: 0.1}` = the preset with those fields overridden."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "preset" in data["model"]:
+            model = dict(data["model"])
+            name = model.pop("preset")
+            if name not in PRESETS:
+                raise ValueError(f"model.preset {name!r} is unknown; allowed: {', '.join(sorted(PRESETS))}")
+            data = {**data, "model": {**PRESETS[name].model_dump(), **model}}
+        return data
 
 
 def _preset(**model) -> BASTModelConfig:

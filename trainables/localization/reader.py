@@ -21,11 +21,13 @@ from trainables.localization import shards
 class ShardReader(torch.utils.data.IterableDataset):
     """Yields {"wave": [B, 2, S] float32, "azimuth": [B] int64, "environment": [B] int64} batches.
 
-    `environments` lists the names behind the environment codes (from the manifest, sorted).
+    `environments` lists the names behind the environment codes: every environment of the dataset, sorted, so a
+    code means the same environment in every split. `environments=` restricts the rows to those environments.
     """
 
     def __init__(self, root: str | Path, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 environments: list[str] | tuple[str, ...] | None = None):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -34,13 +36,30 @@ class ShardReader(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.epoch = 0
-        self.files = [(root_file, entry["rows"]) for root_file, entry in zip(
-            self.manifest.shards(split), [e for e in self.manifest.data["shards"] if e["split"] == split])]
+        counts = self.manifest.data["counts"]
+        self.environments = sorted({e for c in counts.values() if isinstance(c, dict)
+                                    for e in c.get("by_environment", {})})
+        unknown = sorted(set(environments or ()) - set(self.environments))
+        if unknown:
+            raise ValueError(f"{self.manifest.root}: no environment {', '.join(map(repr, unknown))} in the dataset; "
+                             f"it has {', '.join(self.environments)}")
+        self.keep = None if environments is None else set(environments)
+        entries = [e for e in self.manifest.data["shards"] if e["split"] == split]
+        self.files = [(path, self._rows_kept(entry)) for path, entry in zip(self.manifest.shards(split), entries)]
+        self.files = [(path, n) for path, n in self.files if n]
         if not self.files:
-            raise ValueError(f"{self.manifest.root}: the dataset has no {split!r} rows")
+            raise ValueError(f"{self.manifest.root}: the dataset has no {split!r} rows"
+                             + (f" in {', '.join(sorted(self.keep))}" if self.keep else ""))
         self.total_rows = sum(n for _, n in self.files)
         self.rows_per_worker = self.total_rows // world_size
-        self.environments = sorted(self.manifest.data["counts"][split]["by_environment"])
+
+    def _rows_kept(self, entry: dict) -> int:
+        if self.keep is None:
+            return entry["rows"]
+        if "by_environment" not in entry:  # manifests written before per-shard counts existed
+            envs = pq.read_table(self.manifest.root / entry["file"], columns=["environment"]).column("environment")
+            return sum(e in self.keep for e in envs.to_pylist())
+        return sum(n for e, n in entry["by_environment"].items() if e in self.keep)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -49,8 +68,8 @@ class ShardReader(torch.utils.data.IterableDataset):
         n, b = self.rows_per_worker, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def _my_rows(self) -> Iterator[tuple[Path, np.ndarray]]:
-        """(shard file, row indices inside it) covering this worker's share."""
+    def _my_rows(self) -> Iterator[tuple[Path, slice]]:
+        """(shard file, slice of its kept rows) covering this worker's share."""
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.files)) if self.shuffle
                  else np.arange(len(self.files)))
         lo = self.rank * self.rows_per_worker
@@ -60,7 +79,7 @@ class ShardReader(torch.utils.data.IterableDataset):
             path, n = self.files[k]
             a, b = max(lo, start), min(hi, start + n)
             if a < b:
-                yield path, np.arange(a - start, b - start)
+                yield path, slice(a - start, b - start)
             start += n
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -68,8 +87,11 @@ class ShardReader(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
         waves, az, env = [], [], []
         buffered = 0
-        for path, rows in self._my_rows():
-            table = pq.read_table(path).take(rows)
+        for path, part in self._my_rows():
+            table = pq.read_table(path)
+            kept = (np.arange(table.num_rows) if self.keep is None else
+                    np.flatnonzero([e in self.keep for e in table.column("environment").to_pylist()]))
+            table = table.take(kept[part])
             if self.shuffle:
                 table = table.take(rng.permutation(table.num_rows))
             waves.append(shards.read_waves(table))

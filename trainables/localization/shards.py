@@ -166,7 +166,9 @@ def write_manifest(root: Path, shards: list[dict], info: dict) -> Manifest:
         path = root / s["file"]
         table = pq.read_table(path, columns=["azimuth_deg", "environment", "split"])
         sha = file_sha256(path)
-        entries.append({"file": s["file"], "split": s["split"], "rows": table.num_rows, "sha256": sha})
+        envs = Counter(table.column("environment").to_pylist())
+        entries.append({"file": s["file"], "split": s["split"], "rows": table.num_rows, "sha256": sha,
+                        "by_environment": dict(sorted(envs.items()))})
         for split, az, env in zip(table.column("split").to_pylist(), table.column("azimuth_deg").to_pylist(),
                                   table.column("environment").to_pylist()):
             c = counts.setdefault(split, {"total": 0, "by_azimuth": Counter(), "by_environment": Counter()})
