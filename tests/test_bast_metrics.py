@@ -101,6 +101,23 @@ def test_hemifield_per_environment():
         (m, e) for m in ("ad_deg", "mse") for e in ("all", "anechoic", "reverberant")}
 
 
+def test_hemifield_skips_an_environment_without_mirrored_pairs():
+    pred, target, az = _hemifield_data(lambda a: 4.0 + (a % 30) / 10, lambda a: 1.0 + (a % 20) / 10)
+    # "front" was only measured at 0, 90 and 180: no mirrored pair (90 lacks 270), so it has no test
+    front = np.array([0.0, 90.0, 180.0])
+    pred = np.vstack([pred, unit(front + 5)])
+    target, az = np.vstack([target, unit(front)]), np.concatenate([az, front])
+    env = np.array(["anechoic"] * 36 + ["front"] * 3)
+    tests = metrics.hemifield_tests(pred, target, az, env)
+    assert {(t.metric, t.environment) for t in tests} == {
+        (m, e) for m in ("ad_deg", "mse") for e in ("all", "anechoic")}
+    alone = {(t.metric, t.environment): t for t in metrics.hemifield_tests(pred[:36], target[:36], az[:36])}
+    # the anechoic test itself is unchanged by the skipped environment (only the FDR family differs)
+    by_env = {(t.metric, t.environment): t for t in tests}
+    assert by_env[("ad_deg", "anechoic")].p == pytest.approx(alone[("ad_deg", "all")].p)
+    assert by_env[("ad_deg", "anechoic")].n_pairs == 17
+
+
 def test_fdr_by_hand():
     # p = [0.01, 0.04, 0.03]; m = 3: sorted 0.01*3/1 = 0.03, 0.03*3/2 = 0.045, 0.04*3/3 = 0.04 -> monotone: 0.03, 0.04, 0.04
     np.testing.assert_allclose(metrics.fdr_correct([0.01, 0.04, 0.03]), [0.03, 0.04, 0.04])
@@ -113,3 +130,14 @@ def test_bad_inputs_are_clear():
         metrics.per_group(np.zeros((3, 2)), np.zeros((3, 2)), [1, 2])
     with pytest.raises(ValueError, match="mirrored azimuth pairs"):
         metrics.hemifield_tests(unit([0, 90]), unit([0, 90]))
+    with pytest.raises(ValueError, match="mirrored azimuth pairs"):  # one pair (90, 270) is not enough
+        metrics.hemifield_tests(unit([90, 270]), unit([90, 270]), environment=["a", "b"])
+
+
+def test_pred_and_target_lengths_must_match():
+    # one prediction would otherwise broadcast against all three targets
+    for fn in (metrics.angular_error_deg, metrics.squared_error, metrics.summary):
+        with pytest.raises(ValueError, match="pred has 1 rows but target has 3"):
+            fn(unit([0]), unit([0, 90, 180]))
+    with pytest.raises(ValueError, match="pred has 3 rows but target has 2"):
+        metrics.hemifield_tests(unit([0, 90, 270]), unit([0, 90]))

@@ -32,6 +32,19 @@ class TrainableSpec:
     build_model: Callable  # config -> torch.nn.Module
     primary_metric: str  # a metric name from design.md, e.g. val_ad_deg
     mode: Literal["min", "max"]
+    recipe: Callable  # config -> trainables.loop.Recipe, built on every Train worker
+    evaluate: Callable  # (model, config, split, out_dir, device) -> trainables.registry.EvalResult
+    example_input: Callable  # config -> a batch of model inputs (for MLflow signatures and smoke checks)
+
+
+@dataclass
+class EvalResult:
+    """A trained model scored on a held-out split: named metrics, files to keep (plots, tables) and a text summary."""
+
+    metrics: dict[str, float]
+    files: dict[str, object]
+    summary: str
+    per_sample_error: object = None  # [N] array, for paired tests between two models on the same split
 
 
 def register_trainable(spec: TrainableSpec) -> TrainableSpec:

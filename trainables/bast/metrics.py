@@ -27,12 +27,23 @@ def _as_xy(a) -> np.ndarray:
     return a
 
 
+def _pred_target(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    """Both as [N, 2] float64 arrays of the same length.
+
+    Without the length check a single prediction would silently broadcast against every target.
+    """
+    p, t = _as_xy(pred), _as_xy(target)
+    if len(p) != len(t):
+        raise ValueError(f"pred has {len(p)} rows but target has {len(t)}: expected one prediction per target")
+    return p, t
+
+
 def angular_error_deg(pred, target) -> np.ndarray:
     """[N, 2], [N, 2] -> [N] angle between prediction and target in degrees, in [0, 180].
 
     A zero prediction has no direction and scores 90° (chance), matching the loss.
     """
-    p, t = _as_xy(pred), _as_xy(target)
+    p, t = _pred_target(pred, target)
     cross = p[:, 0] * t[:, 1] - p[:, 1] * t[:, 0]
     dot = np.sum(p * t, axis=1)
     angle = np.degrees(np.arctan2(np.abs(cross), dot))
@@ -41,7 +52,7 @@ def angular_error_deg(pred, target) -> np.ndarray:
 
 def squared_error(pred, target) -> np.ndarray:
     """[N, 2], [N, 2] -> [N] squared Euclidean distance."""
-    p, t = _as_xy(pred), _as_xy(target)
+    p, t = _pred_target(pred, target)
     return np.sum((p - t) ** 2, axis=1)
 
 
@@ -125,22 +136,31 @@ def hemifield_tests(pred, target, azimuth_deg=None, environment=None, alpha: flo
 
     Each test pairs the per-azimuth mean at a with the one at 360 − a (scipy.stats.ttest_rel). The p-values of all the
     tests returned are corrected together with Benjamini–Hochberg (scipy.stats.false_discovery_control).
+
+    An environment with fewer than 2 mirrored azimuth pairs has no test and is left out; a ValueError only when the
+    samples as a whole ("all") have fewer than 2 pairs, i.e. when there is nothing to test at all.
     """
-    p_xy, t_xy = _as_xy(pred), _as_xy(target)
+    p_xy, t_xy = _pred_target(pred, target)
     az = target_azimuth_deg(t_xy) if azimuth_deg is None else np.asarray(azimuth_deg)
     envs = np.full(len(p_xy), "all") if environment is None else np.asarray(environment).astype(str)
+    if az.shape != (len(p_xy),) or envs.shape != (len(p_xy),):
+        raise ValueError(f"azimuth_deg and environment need one entry per prediction ({len(p_xy)}), "
+                         f"got shapes {az.shape} and {envs.shape}")
     subsets = [("all", np.ones(len(p_xy), bool))]
     if environment is not None and len(np.unique(envs)) > 1:
         subsets += [(e, envs == e) for e in np.unique(envs)]
     raw = []
     for env, mask in subsets:
         stats = per_azimuth(p_xy[mask], t_xy[mask], az[mask])
+        # Pairs depend on the azimuths present, not on the metric.
+        n_pairs = len(mirrored_pairs(stats, METRICS[0])[0])
+        if n_pairs < 2:
+            if env == "all":
+                raise ValueError(f"hemifield test needs at least 2 mirrored azimuth pairs (a and 360 - a), "
+                                 f"found {n_pairs}")
+            continue  # this environment lacks pairs; the others are still tested
         for metric in METRICS:
             _, left, right = mirrored_pairs(stats, metric)
-            if len(left) < 2:
-                raise ValueError(
-                    f"hemifield test for {metric} ({env}) needs at least 2 mirrored azimuth pairs, found {len(left)}"
-                )
             res = scipy.stats.ttest_rel(left, right)
             # Identical hemifields give t = nan (0/0): no evidence of a difference.
             t_stat = float(np.nan_to_num(res.statistic, nan=0.0))

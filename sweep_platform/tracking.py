@@ -1,0 +1,160 @@
+"""MLflow plumbing shared by single runs and sweeps: where the store is, experiments, params, retries, redaction.
+
+Embedded default (design.md): `sqlite:///<home>/runs/mlflow.db`, artifacts in `<home>/runs/mlartifacts`.
+MLFLOW_TRACKING_URI overrides (a server on a cluster). MLflow 3 refuses a plain file store, hence SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sweep_platform import paths
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TAG_SWEEP = "binsweep.sweep_id"
+TAG_TRIAL = "binsweep.trial_id"
+TAG_TRAINABLE = "binsweep.trainable"
+TAG_DATASET = "binsweep.dataset_fingerprint"
+TAG_GIT = "binsweep.git_sha"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    runs = paths.runs_dir()
+    runs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{runs / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (paths.runs_dir() / "mlartifacts").as_uri()
+
+
+def experiment_name(trainable: str, override: str | None = None) -> str:
+    return override or f"binsweep-{trainable}"
+
+
+def client():
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.MlflowClient(tracking_uri())
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, created on first use (artifacts under runs/mlartifacts with the embedded store)."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it between our two calls
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+_SECRET = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
+
+
+def redact(text: str) -> str:
+    """URIs with passwords lose the password: postgresql://u:secret@h/db -> postgresql://u:***@h/db."""
+    return _SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"sharing": "SP"}} -> {"model.sharing": "SP"} (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = redact(str(v)) if isinstance(v, str) else v
+    return out
+
+
+def params_of(config: dict) -> dict[str, str]:
+    return {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(config).items()}
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, delay_s: float = 0.5) -> T | None:
+    """Tracking must never kill training: retry with backoff, then log and give up."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - any store error is retried the same way
+            if i == attempts - 1:
+                log.warning("MLflow: giving up on %s after %d attempts: %s", what, attempts, redact(str(exc)))
+                return None
+            time.sleep(delay_s * 2**i)
+    return None
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_metrics_batch(run_id: str, metrics: dict[str, float], step: int) -> None:
+    """One round trip for all of an epoch's metrics (per-metric calls cost ~1 s each on SQLite)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    client().log_batch(run_id, metrics=items)
+
+
+def log_files(run_id: str, files: dict[str, Any], artifact_path: str | None = None) -> None:
+    c = client()
+    for f in files.values():
+        p = Path(str(f))
+        if p.is_file():
+            with_retries(lambda p=p: c.log_artifact(run_id, str(p), artifact_path), f"artifact {p.name}")
+
+
+def log_model(run_id: str, model, name: str, example_input=None) -> str | None:
+    """The trained model as an MLflow 3 LoggedModel linked to the run; returns its models:/ URI.
+
+    Pickle serialization: torch.export (MLflow's default "pt2") cannot export every variant and needs a fixed
+    input; the signature still records the input shape.
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    mlflow.set_tracking_uri(tracking_uri())
+
+    def _log():
+        kwargs = {}
+        if example_input is not None:
+            import numpy as np
+            from mlflow.models import infer_signature
+
+            with __import__("torch").no_grad():
+                out = model(example_input)
+            kwargs["signature"] = infer_signature(np.asarray(example_input), np.asarray(out))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                            pip_requirements=[], **kwargs)
+        return info.model_uri
+
+    return with_retries(_log, f"model {name}")

@@ -1,0 +1,242 @@
+"""One training run of a registered trainable on Ray Train, logged to MLflow as one run.
+
+`binsweep train` calls `run_training` directly; a sweep trial calls `make_trainer` inside its Tune function (the
+driver-function pattern: a Trainer is never handed to a Tuner). After training, the best checkpoint is scored on the
+test split on the driver and the evaluation, its plots and the model go to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from sweep_platform import ray_runtime, tracking
+from trainables.registry import TrainableSpec, get_trainable
+
+TAG_TRAIN_NAME = "binsweep.train_name"
+
+
+class TrainingFailed(RuntimeError):
+    """A run that ended in an error; the message is the root cause from the worker (e.g. a NaN loss)."""
+
+
+def _callback_base():
+    from ray.train import UserCallback
+
+    return UserCallback
+
+
+class MlflowEpochLogger(_callback_base()):
+    """Runs on the Ray Train controller: every epoch's all-reduced rank-0 metrics go to one MLflow run, step = epoch.
+
+    A worker restored after a failure reports the epochs after its checkpoint, so the history has every epoch once.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def after_report(self, run_context, metrics, checkpoint):
+        import mlflow
+        from mlflow.entities import Metric
+
+        m = metrics[0]
+        step = int(m.get("epoch", 0))
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in m.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        client = mlflow.MlflowClient(self.tracking_uri)
+        tracking.with_retries(lambda: client.log_batch(self.run_id, metrics=items), f"epoch {step} metrics")
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The worker's own exception out of Ray's wrappers (WorkerGroupError -> RayTaskError -> FloatingPointError)."""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        exc = failures[min(failures)]
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    return exc
+
+
+def resolve_data_root(config: BaseModel) -> BaseModel:
+    """Workers may run elsewhere: a relative data.root becomes absolute under this machine's BINSWEEP_HOME."""
+    from sweep_platform import paths
+
+    data = getattr(config, "data", None)
+    if data is None or Path(data.root).is_absolute():
+        return config
+    root = paths.home() / data.root
+    if not (root / "manifest.json").is_file():
+        raise FileNotFoundError(f"data.root {data.root}: no dataset at {root} (manifest.json missing); build one with "
+                                f"`binsweep data localization --out {data.root}`")
+    return config.model_copy(update={"data": data.model_copy(update={"root": str(root)})})
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int = 1
+    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1
+
+
+def make_trainer(spec: TrainableSpec, config: BaseModel, *, name: str, resources: Resources, max_failures: int = 0,
+                 keep_checkpoints: int = 2, callbacks: list | None = None, fault: str | None = None):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from trainables.loop import train_worker
+
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"trainable": spec.name, "config": config.model_dump(mode="json"), "fault": fault},
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name,  # stable: a rerun with the same name resumes from its last checkpoint
+            storage_path=ray_runtime.storage_path(),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints,
+                                                         checkpoint_score_attribute=spec.primary_metric,
+                                                         checkpoint_score_order=spec.mode),
+            callbacks=callbacks or []),
+    )
+
+
+def load_model(spec: TrainableSpec, checkpoint_dir: str | Path, device: str = "cpu"):
+    """The model of a checkpoint written by trainables.loop, with the config it was trained with."""
+    from trainables.loop import load_checkpoint_state, read_checkpoint_config
+
+    meta = read_checkpoint_config(checkpoint_dir)
+    config = spec.config_type.model_validate(meta["config"])
+    model = spec.build_model(config)
+    model.load_state_dict(load_checkpoint_state(checkpoint_dir)["model"])
+    return model.to(device).eval(), config, meta
+
+
+@dataclass
+class Evaluated:
+    metrics: dict[str, float]
+    summary: str
+    model_uri: str | None
+    per_sample_error: Any = None
+    files: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_and_log(spec: TrainableSpec, checkpoint_dir: str | Path, run_id: str | None, split: str = "test",
+                     log_model: bool = True) -> Evaluated:
+    """Score a checkpoint on `split` on this machine; log metrics, plots and the model to `run_id`."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, config, _ = load_model(spec, checkpoint_dir, device)
+    with tempfile.TemporaryDirectory(prefix="binsweep-eval-") as out:
+        result = spec.evaluate(model, config, split, out_dir=Path(out), device=device)
+        model_uri = None
+        if run_id is not None:
+            summary_file = Path(out) / "summary.txt"
+            summary_file.write_text(result.summary)
+            tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, result.metrics, step=0), "test metrics")
+            tracking.log_files(run_id, {**result.files, "summary": summary_file}, "evaluation")
+            if log_model:
+                model_uri = tracking.log_model(run_id, model.cpu(), spec.name, spec.example_input(config))
+        return Evaluated(result.metrics, result.summary, model_uri, result.per_sample_error)
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    history: list[dict[str, float]]
+    best_checkpoint: str
+    best_metrics: dict[str, Any]
+    evaluation: Evaluated | None
+    wall_s: float
+
+
+def _find_or_create_run(spec: TrainableSpec, config: BaseModel, name: str, experiment: str | None,
+                        resources: Resources) -> str:
+    """Reuse the run of an interrupted `binsweep train --name NAME`, so a resumed run stays one MLflow run."""
+    c = tracking.client()
+    exp_id = tracking.ensure_experiment(tracking.experiment_name(spec.name, experiment))
+    found = c.search_runs([exp_id], filter_string=f"tags.`{TAG_TRAIN_NAME}` = '{name}'", max_results=1)
+    if found and found[0].info.status != "FINISHED":
+        c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = c.create_run(exp_id, run_name=name, tags={
+        TAG_TRAIN_NAME: name, tracking.TAG_TRAINABLE: spec.name, tracking.TAG_GIT: tracking.git_sha(),
+        tracking.TAG_DATASET: _dataset_fingerprint(config)})
+    params = tracking.params_of(config.model_dump(mode="json"))
+    params.update({"resources.workers": resources.workers, "resources.gpus_per_worker": resources.gpus_per_worker,
+                   "resources.cpus_per_worker": resources.cpus_per_worker})
+    from mlflow.entities import Param
+
+    c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _dataset_fingerprint(config: BaseModel) -> str:
+    import json
+
+    data = getattr(config, "data", None)
+    try:
+        return json.loads((Path(data.root) / "manifest.json").read_text())["fingerprint"]
+    except (AttributeError, OSError, KeyError, ValueError):
+        return "unknown"
+
+
+def metric_history(run_id: str) -> list[dict[str, float]]:
+    """Per-epoch metrics as logged (read back from MLflow), one dict per epoch in order."""
+    c = tracking.client()
+    run = c.get_run(run_id)
+    by_step: dict[int, dict[str, float]] = {}
+    for key in run.data.metrics:
+        for m in c.get_metric_history(run_id, key):
+            if m.step > 0:
+                by_step.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def run_training(trainable: str, config: BaseModel, *, name: str, resources: Resources = Resources(),
+                 max_failures: int = 0, keep_checkpoints: int = 2, experiment: str | None = None,
+                 evaluate: bool = True, fault: str | None = None) -> Outcome:
+    spec = get_trainable(trainable)
+    config = resolve_data_root(config)
+    ray_runtime.ensure_ray()
+    run_id = _find_or_create_run(spec, config, name, experiment, resources)
+    c = tracking.client()
+    trainer = make_trainer(spec, config, name=name, resources=resources, max_failures=max_failures,
+                           keep_checkpoints=keep_checkpoints, fault=fault,
+                           callbacks=[MlflowEpochLogger(tracking.tracking_uri(), run_id)])
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - recorded, then re-raised as the root cause
+        cause = root_cause(exc)
+        tracking.with_retries(lambda: c.set_tag(run_id, "binsweep.error", tracking.redact(str(cause))[:5000]),
+                              "error tag")
+        tracking.with_retries(lambda: c.set_terminated(run_id, status="FAILED"), "run status")
+        if isinstance(cause, (FloatingPointError, ValueError)):
+            raise cause from None
+        raise TrainingFailed(f"training run {name} failed: {cause}") from exc
+    wall = time.perf_counter() - t0
+    best = result.get_best_checkpoint(spec.primary_metric, spec.mode) or result.checkpoint
+    best_metrics = next((m for ck, m in (result.best_checkpoints or []) if ck.path == best.path), result.metrics)
+    gpu_hours = resources.workers * resources.gpus_per_worker * wall / 3600
+    tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, {"gpu_hours": gpu_hours,
+                                                                       "wall_s": wall}, step=0), "gpu hours")
+    evaluation = None
+    if evaluate:
+        with best.as_directory() as d:
+            evaluation = evaluate_and_log(spec, d, run_id)
+    tracking.with_retries(lambda: c.set_tag(run_id, "binsweep.best_checkpoint", best.path), "checkpoint tag")
+    tracking.with_retries(lambda: c.set_terminated(run_id, status="FINISHED"), "run status")
+    return Outcome(run_id, metric_history(run_id), best.path, dict(best_metrics or {}), evaluation, wall)
