@@ -27,6 +27,12 @@ def _mount_groups() -> None:
     from sweep_platform import data_cli
 
     app.add_typer(data_cli.app, name="data")
+    from sweep_platform import train_cli
+
+    app.command("train")(train_cli.train)
+    from sweep_platform import results_cli
+
+    results_cli.mount(app)  # leaderboard, report, promote, models, predict
 
 
 _mount_groups()

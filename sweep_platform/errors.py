@@ -51,6 +51,6 @@ def run_guarded(fn) -> None:
         if known is None or os.environ.get("BINSWEEP_DEBUG") == "1":
             raise
         message, code = known
-        err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+        err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
         err_console.print("[dim](set BINSWEEP_DEBUG=1 for the traceback)[/dim]")
         sys.exit(code)

@@ -27,13 +27,16 @@ TAG_GIT = "binsweep.git_sha"
 TAG_PARENT = "mlflow.parentRunId"
 
 
+def embedded_uri() -> str:
+    return f"sqlite:///{paths.runs_dir() / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")  # note: mlflow.set_tracking_uri also sets this variable
     if uri:
         return uri
-    runs = paths.runs_dir()
-    runs.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{runs / 'mlflow.db'}"
+    paths.runs_dir().mkdir(parents=True, exist_ok=True)
+    return embedded_uri()
 
 
 def artifact_root() -> str:
@@ -57,7 +60,8 @@ def ensure_experiment(name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root()
+    # the embedded store keeps artifacts beside it; a server decides for itself (proxied artifacts)
+    location = f"{artifact_root()}/{name}" if tracking_uri() == embedded_uri() else None
     try:
         return c.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it between our two calls
