@@ -62,8 +62,11 @@ class SweepRef:
 
     def objective(self) -> tuple[str, str]:
         """(metric, mode) the sweep optimised, from its `sweep.yaml` artifact; the trainable's primary otherwise."""
+        import os
+
         import yaml
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         c = tracking.client()
         try:
             with tempfile.TemporaryDirectory(prefix="binsweep-sweepyaml-") as d:
@@ -368,12 +371,13 @@ def to_table(rows: list[dict], title: str | None = None):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     metric = rows[0]["metric"] if rows else ""
     cols = [(h, get) for h, get in columns(rows) if h not in ("run", "error", "from")]
     short = _short_headers([h for h, _ in cols])
     for h, _ in cols:
-        table.add_column(short[h], justify="right" if numeric_column(h, metric) else "left", overflow="fold")
+        table.add_column(short[h], justify="right" if numeric_column(h, metric) else "left", overflow="fold",
+                         min_width=min(len(short[h]), 12))
 
     def cell(r, h, get) -> str:
         text = _short(get(r), 40)

@@ -130,6 +130,13 @@ def logged_model_uri(run) -> str | None:
     return f"models:/{ids[-1]}" if ids else None
 
 
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` on one printable line (a corrupt file can put NUL bytes into an exception's text)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(exc))
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
+
+
 def load_model(model_uri: str):
     """A PyTorch model from MLflow on the CPU, in eval mode."""
     import mlflow.pytorch
@@ -185,16 +192,14 @@ def best_candidate(sweep: str | None = None, trainable: str | None = None) -> Ca
     metric, mode = ref.objective()
     rows = lb.leaderboard(ref, metric=metric, mode=mode)
     test_metric = lb.default_metric(ref.trainable)
-    usable = [r for r in rows if r["state"] in FINISHED_STATES and r["value"] is not None and r["metrics"]]
+    usable = [r for r in rows if r["state"] in FINISHED_STATES and r["value"] is not None
+              and test_metric in r["metrics"]]
     if not usable:
-        states = ", ".join(f"{r['trial']}: {r['state']}" + ("" if r["metrics"] else " (no test metrics)")
-                           for r in rows) or "no trials"
+        states = ", ".join(f"{r['trial']}: {r['state']}" + ("" if test_metric in r["metrics"] else
+                                                            f" (no {test_metric})") for r in rows) or "no trials"
         raise PromotionRefused(f"sweep {ref.name!r} has no finished trial (completed or stopped) with test metrics "
                                f"to promote ({states})")
     best = usable[0]
-    if test_metric not in best["metrics"]:
-        raise PromotionRefused(f"trial {best['trial']} of sweep {ref.name!r} has no {test_metric}: its model was never "
-                               f"scored on the test split, so it cannot be promoted")
     run = tracking.client().get_run(best["run_id"])
     uri = logged_model_uri(run)
     if uri is None:
@@ -251,7 +256,7 @@ def _evaluate(spec, model, config, who: str) -> Any:
     try:
         result = spec.evaluate(model, config, "test", out_dir=None, device=_device())
     except Exception as exc:  # noqa: BLE001 - any failure to score is a refusal, named
-        raise PromotionRefused(f"{who} could not be evaluated on the test split: {type(exc).__name__}: {exc}") from exc
+        raise PromotionRefused(f"{who} could not be evaluated on the test split: {describe_error(exc)}") from exc
     errors = None if result.per_sample_error is None else np.asarray(result.per_sample_error, dtype=np.float64)
     if errors is None or errors.size == 0 or not np.isfinite(errors).all():
         raise PromotionRefused(f"{who} gave no finite per-sample test errors; it cannot be compared")
@@ -292,8 +297,9 @@ def promote(sweep: str | None = None, *, model_name: str | None = None, alias: s
                                f"was tested on ({cand.fingerprint[:12]}); rebuild it or pass --force")
     holder = _alias_holder(c, name, alias)
     if holder is not None and holder.source == cand.model_uri:
-        return Promotion(False, f"{name}@{alias} is already version {holder.version}, the model of trial {cand.trial} "
-                         f"of sweep {cand.sweep}; nothing to do", name, alias, holder.version, holder.version, cand)
+        held = str(holder.version)
+        return Promotion(False, f"{name}@{alias} is already version {held}, the model of trial {cand.trial} of sweep "
+                         f"{cand.sweep}; nothing to do", name, alias, held, held, cand)
     if holder is not None:
         holder_fp = _version_fingerprint(c, holder)
         if not (_known(holder_fp) and _known(cand.fingerprint) and holder_fp == cand.fingerprint) and not force:
@@ -307,7 +313,7 @@ def promote(sweep: str | None = None, *, model_name: str | None = None, alias: s
         challenger = load_model(cand.model_uri)
     except Exception as exc:  # noqa: BLE001 - unpickling, missing files, bad URI: all the same refusal
         raise PromotionRefused(f"the model of trial {cand.trial} ({cand.model_uri}) failed to load: "
-                               f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+                               f"{describe_error(exc)}") from exc
     try:
         config = config_from_params(spec, cand.params)
     except Exception as exc:  # noqa: BLE001
@@ -331,7 +337,7 @@ def promote(sweep: str | None = None, *, model_name: str | None = None, alias: s
         except PromotionRefused as exc:
             holder_broken = str(exc)
         except Exception as exc:  # noqa: BLE001 - the holder's artifact is gone or broken
-            holder_broken = f"{name}@{alias} (version {holder.version}) failed to load: {type(exc).__name__}: {exc}"
+            holder_broken = f"{name}@{alias} (version {holder.version}) failed to load: {describe_error(exc)}"
         if holder_broken and not force:
             raise PromotionRefused(f"{holder_broken}; the challenger cannot be compared with it (pass --force to "
                                    f"replace it)")
@@ -356,7 +362,7 @@ def promote(sweep: str | None = None, *, model_name: str | None = None, alias: s
                                 f"wilcoxon p_one_sided={comparison['p_one_sided']:.4g} "
                                 f"mean_difference={comparison['mean_difference']:.4g}")
 
-    result = Promotion(False, "", name, alias, v, holder.version if holder else None, cand, comparison,
+    result = Promotion(False, "", name, alias, v, str(holder.version) if holder else None, cand, comparison,
                        dict(ch_result.metrics), holder_metrics)
     if holder is None:
         c.set_registered_model_alias(name, alias, v)
@@ -373,7 +379,7 @@ def promote(sweep: str | None = None, *, model_name: str | None = None, alias: s
         result.message = f"{name}@{alias} -> version {v} (was version {holder.version}): {why}"
         return result
     c.set_registered_model_alias(name, CHALLENGER_ALIAS, v)
-    result.message = (f"kept {name}@{alias} on version {holder.version}: version {v} is not better "
+    result.message = (f"{name}@{alias} stays on version {holder.version}: version {v} is not better "
                       f"(mean test error {comparison['mean_challenger']:.4g} vs {comparison['mean_holder']:.4g}); "
                       f"version {v} is now {name}@{CHALLENGER_ALIAS} (--force promotes it anyway)")
     return result
@@ -394,12 +400,15 @@ def list_versions(name: str = "bast") -> list[dict[str, Any]]:
 
     c = tracking.client()
     try:
-        c.get_registered_model(name)
+        registered = c.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in c.search_registered_models())
         raise ValueError(f"no registered model {name!r}"
                          + (f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet "
                             "(binsweep promote --sweep NAME)")) from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (registered.aliases or {}).items():  # search results carry no aliases; the model does
+        aliases.setdefault(str(version), []).append(alias)
     rows = []
     for mv in c.search_model_versions(f"name='{name}'"):
         tags = dict(mv.tags or {})
@@ -415,7 +424,7 @@ def list_versions(name: str = "bast") -> list[dict[str, Any]]:
         value = tags.get(metric, run_metrics.get(metric))
         rows.append({
             "version": str(mv.version),
-            "aliases": sorted(mv.aliases or []),
+            "aliases": sorted(set(aliases.get(str(mv.version), [])) | set(mv.aliases or [])),
             "sweep": tags.get(tracking.TAG_SWEEP),
             "trial": tags.get(tracking.TAG_TRIAL),
             "metric": metric,
@@ -478,7 +487,7 @@ def predict_files(model_uri: str, files: list[str | Path]) -> list[FilePredictio
     try:
         model = load_model(model_uri)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"cannot load model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise ValueError(f"cannot load model {model_uri}: {describe_error(exc)}") from None
     front_end = BinauralFrontEnd(sample_rate=SAMPLE_RATE)
     out = []
     for f in files:

@@ -162,7 +162,7 @@ def metric_vs_param_png(rows: list[dict], param: str) -> bytes | None:
     if best.any():
         ax.scatter(xs[best], ys[best], marker="*", s=220, color="#dd8452", label="best", zorder=3)
     ax.set_xlabel(param)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (lower is better)" if lb.metric_mode(metric) == "min" else metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _figure_png(fig)
@@ -173,6 +173,7 @@ def metric_vs_param_png(rows: list[dict], param: str) -> bytes | None:
 
 def best_trial_artifacts(run_id: str) -> tuple[dict[str, bytes], str | None]:
     """The best trial's evaluation plots (name -> PNG bytes) and summary text, from its MLflow artifacts."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     c = tracking.client()
     try:
         present = {Path(f.path).name for f in c.list_artifacts(run_id, "evaluation")}
@@ -239,7 +240,8 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
         f"<h1>Sweep {e(ref.name)}</h1>",
         f'<p class="meta">trainable <b>{e(ref.trainable)}</b> · objective {e(objective)} ({e(mode)}) · '
         f"{len(rows)} trials (" + ", ".join(f"{n} {e(s)}" for s, n in sorted(states.items())) + ") · "
-        f"parent run <code>{e(ref.run_id)}</code> · MLflow <code>{e(tracking.redact(tracking.tracking_uri()))}</code> · "
+        f"parent run <code>{e(ref.run_id)}</code> · "
+        f"MLflow <code>{e(tracking.redact(tracking.tracking_uri()))}</code> · "
         f"generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
         "<h2>Leaderboard</h2>",
         f'<p class="note">ranked by {e(rows[0]["metric"] if rows else metric or "")}, lower is better'

@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -105,15 +104,6 @@ def _evaluate(model, cfg_dict, out_dir=None):
     return result
 
 
-def _ensure_experiment() -> str:
-    """binsweep-bast with its artifacts under BINSWEEP_HOME/runs/mlartifacts (not ./mlruns of the checkout)."""
-    c = tracking.client()
-    exp = c.get_experiment_by_name("binsweep-bast")
-    if exp is None:
-        return c.create_experiment("binsweep-bast", artifact_location=tracking.artifact_root())
-    return exp.experiment_id
-
-
 def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "val_ad_deg") -> dict:
     """One parent run + one child run per trial + an Optuna study, as the sweep driver writes them."""
     import optuna
@@ -125,7 +115,7 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
 
     spec = get_trainable("bast")
     c = tracking.client()
-    exp = _ensure_experiment()
+    exp = tracking.ensure_experiment("binsweep-bast")
     parent = c.create_run(exp, run_name=name, tags={
         tracking.TAG_SWEEP: name, tracking.TAG_TRAINABLE: "bast", tracking.TAG_GIT: "test",
         tracking.TAG_DATASET: fingerprint, lb.TAG_ROLE: "sweep"}).info.run_id
@@ -162,7 +152,8 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
         if t.files:
             tracking.log_files(run_id, t.files, "evaluation")
         if t.model is not None:
-            t.model_uri = tracking.log_model(run_id, t.model, "bast", spec.example_input(BASTConfig.model_validate(cfg)))
+            example = spec.example_input(BASTConfig.model_validate(cfg))
+            t.model_uri = tracking.log_model(run_id, t.model, "bast", example)
         c.set_terminated(run_id, status="FAILED" if t.state == "failed" else
                          "KILLED" if t.state == "stopped" else "FINISHED")
         params = {k: t.overrides.get(k, cfg[k.split(".")[0]][k.split(".")[1]]) for k in dists}
@@ -176,13 +167,13 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
 
 
 def corrupt_logged_model(model_uri: str) -> None:
-    """Overwrite every file of the model's serialized weights with junk (the MLmodel file stays)."""
+    """Overwrite the model's serialized weights (data/model.pth) with junk; MLmodel and the rest stay."""
     import mlflow
     from urllib.parse import urlparse
 
     location = mlflow.get_logged_model(model_uri.split("/")[-1]).artifact_location
     path = Path(urlparse(location).path) if location.startswith("file:") else Path(location)
-    files = [p for p in (path / "data").rglob("*") if p.is_file()]
+    files = [p for p in (path / "data").rglob("*.pth") if p.is_file()]
     assert files, f"no serialized model under {path}"
     for p in files:
         p.write_bytes(b"not a pickle\x00" * 8)
@@ -296,9 +287,11 @@ def test_leaderboard_formats_through_the_cli(world):
     assert re.fullmatch(r"\|(---:?\|)+", lines[1]) and len(lines) == 2 + 4
     assert lines[-1].startswith("|  | 3 |") and "nan at epoch 1" in lines[-1]
 
-    res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid"])
+    res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "sweep lb-grid (bast), ranked by test_ad_deg" in res.stdout and "sharing" in res.stdout
+    assert "sweep lb-grid (bast), ranked by test_ad_deg" in res.stdout
+    assert re.search(r"rank +trial +sharing +integration +loss +alpha +lr +test_ad_deg", res.stdout)
+    assert "150 (val)" in res.stdout
     assert f"failed trial 3 (lb-grid-3, " in res.stdout and FAILED_ERROR in res.stdout
 
 
@@ -330,7 +323,8 @@ def test_report_is_self_contained_and_logged_to_the_parent(world, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
     assert "<script" not in page and "<link" not in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # importance chart + 5 metric-vs-param plots + polar, hemifield, rollout, predictions of the best trial
+    # importance chart, 4 metric-vs-param plots (alpha varies only in the failed trial), and the best trial's polar,
+    # hemifield, rollout and prediction plots
     assert len(images) >= 9
     import base64
 
