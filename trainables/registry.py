@@ -13,7 +13,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel
 
 # Name -> module whose import registers it.
-_BUILTIN = {"bast": "trainables.bast"}
+_BUILTIN = {"bast": "trainables.bast", "binaural": "trainables.binaural"}
 _REGISTRY: dict[str, TrainableSpec] = {}
 
 

@@ -1,4 +1,62 @@
-"""Depth-infused binaural audio generation (Parida et al. 2021) as a binsweep trainable: config, model, metrics.
+"""Depth-infused binaural audio generation (Parida et al. 2021) as the binsweep trainable "binaural".
 
-Registration with the platform (data, recipe, evaluate) comes with the training code.
+config (BinauralConfig, presets), model (BinauralNet), losses, metrics (the 2.5D / PseudoBinaural evaluation),
+scenes + data (generated scenes, Parquet shards, the reader), fairplay (FAIR-Play import), recipe (the shared loop's
+Recipe), evaluate (test-split metrics and plots), inference (whole-clip binauralization, `binsweep binauralize`).
 """
+
+from trainables.binaural.config import (BinauralConfig, BinauralModelConfig, DataConfig, LossConfig, TrainConfig,
+                                        preset)
+from trainables.registry import TrainableSpec, register_trainable
+
+
+def _build(config: BinauralConfig):
+    from trainables.binaural.inference import BinauralModel
+
+    return BinauralModel(config.model)
+
+
+def _recipe(config: BinauralConfig):
+    from trainables.binaural.recipe import BinauralRecipe
+
+    return BinauralRecipe(config)
+
+
+def _evaluate(model, config: BinauralConfig, split: str = "test", out_dir=None, device="cpu"):
+    """Whole test clips by sliding windows: STFT/ENV/Mag/Phase/SNR next to the mono baseline, plots and WAVs."""
+    from trainables.binaural.evaluate import evaluate
+    from trainables.binaural.recipe import dataset_root
+    from trainables.registry import EvalResult
+
+    ev = evaluate(model, dataset_root(config), split, out_dir=out_dir, device=device)
+    return EvalResult(metrics=ev.metrics, files=ev.files, summary=ev.table(), per_sample_error=ev.stft_per_clip)
+
+
+def _example_input(config: BinauralConfig) -> dict:
+    """One window's inputs as the keyword arguments of the model's forward (the model also takes this dict whole)."""
+    import torch
+
+    cfg = config.model
+    x = {"mix_spec": torch.zeros(1, 2, cfg.freq_bins, cfg.frames)}
+    if cfg.needs_image:
+        x["image"] = torch.zeros(1, 3, *cfg.image_size)
+    if cfg.needs_depth_map:
+        x["depth"] = torch.ones(1, 1, *cfg.image_size)
+    return x
+
+
+SPEC = register_trainable(
+    TrainableSpec(
+        name="binaural",
+        description="mono-to-binaural generation: mono mix + frame (+ depth) -> left/right via a difference mask",
+        config_type=BinauralConfig,
+        build_model=_build,
+        primary_metric="val_stft_dist",
+        mode="min",
+        recipe=_recipe,
+        evaluate=_evaluate,
+        example_input=_example_input,
+    )
+)
+
+__all__ = ["BinauralConfig", "BinauralModelConfig", "DataConfig", "LossConfig", "TrainConfig", "preset", "SPEC"]

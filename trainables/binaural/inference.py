@@ -1,0 +1,250 @@
+"""Whole-clip binauralization with a trained model: the served model class, sliding windows, file I/O.
+
+- `BinauralModel` is the `BinauralNet` the platform builds, trains, logs to MLflow and loads back. It has the same
+  parameters. It also accepts one dict of inputs, `model({"mix_spec": ..., "image": ...})`, because MLflow's
+  `log_model` calls `model(example_input)` with a single argument.
+- `predict_clip` binauralizes a whole mono mix with 2.5D demo.py's sliding windows (`metrics.binauralize_clip`:
+  0.63 s windows, hop 0.05 s, each window RMS-normalised and scaled back, overlaps averaged). Each window sees the
+  frame nearest its centre. The windows are batched through the model.
+- `binauralize_file` is what `binsweep binauralize` runs: a mono WAV and a frame in, a 2-channel WAV out.
+
+Input conventions (documented choices):
+- The model's input mix is L + R, 2.5D's sum. A mono recording m is taken as (L + R) / 2, so the mix is 2·m and each
+  output ear has about the level of m.
+- Stereo input is refused unless `downmix=True`. Then the mix is L + R of the file, with a notice. A stereo file is
+  most likely already binaural, and averaging it silently would hide that.
+- Another sample rate is resampled to the model's rate (scipy resample_poly), with a notice. The output is written
+  at the model's rate.
+- A file shorter than one window is zero-padded to one window and the output cut back to its length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainables.binaural import metrics
+from trainables.binaural.config import BinauralModelConfig
+from trainables.binaural.model import BinauralNet, stft
+
+
+class BinauralModel(BinauralNet):
+    """BinauralNet that also takes its inputs as one dict (MLflow signatures, example inputs)."""
+
+    def forward(self, mix_spec, image=None, depth=None, return_attention: bool = False):
+        if isinstance(mix_spec, dict):
+            return super().forward(**mix_spec)
+        return super().forward(mix_spec, image, depth, return_attention)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def model_config(model: torch.nn.Module) -> BinauralModelConfig:
+    cfg = getattr(unwrap(model), "cfg", None)
+    if not isinstance(cfg, BinauralModelConfig):
+        raise ValueError(f"{type(unwrap(model)).__name__} is not a binauralization model (no BinauralModelConfig)")
+    return cfg
+
+
+@torch.no_grad()
+def predict_windows(model: torch.nn.Module, windows: np.ndarray, images: np.ndarray | None,
+                    depths: np.ndarray | None, device="cpu", batch_size: int = 64) -> np.ndarray:
+    """windows [N, L] mono mixes (L + R, already normalised), images uint8 [N, 3, H, W], depths [N, 1, H, W] metres
+    -> predicted ears [N, 2, L] float64."""
+    from trainables.binaural.recipe import depth_input, ears_from_diff, image_input, spec_args
+
+    cfg = model_config(model)
+    device = torch.device(device)
+    out = []
+    for k in range(0, len(windows), batch_size):
+        mix = torch.as_tensor(windows[k:k + batch_size], dtype=torch.float32, device=device)  # [b, L]
+        image = depth = None
+        if cfg.needs_image:
+            image = image_input(torch.as_tensor(images[k:k + batch_size], device=device), cfg.image_size)
+        if cfg.needs_depth_map:
+            depth = depth_input(torch.as_tensor(depths[k:k + batch_size], device=device), cfg.image_size)
+        pred = model(stft(mix, **spec_args(cfg)), image, depth)["diff_spec"].float()
+        out.append(ears_from_diff(cfg, mix, pred).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def predict_clip(model: torch.nn.Module, mix: np.ndarray, frames: np.ndarray | None = None,
+                 frame_times: np.ndarray | None = None, depth: np.ndarray | None = None, *, sample_rate: int,
+                 hop_seconds: float = 0.05, rms_reference: np.ndarray | None = None, device="cpu",
+                 batch_size: int = 64) -> np.ndarray:
+    """The whole clip's predicted ears [2, S] from its mono mix L + R [S] by sliding windows.
+
+    frames: uint8 [K, 3, H, W] with frame_times [K] (seconds from the clip start; default: spread evenly), each
+    window using the frame nearest its centre; depth [1, H, W] metres for depth_source=map. rms_reference: the
+    ground-truth ears [2, S] to set each window's gain as demo.py does (evaluation), default the mix itself.
+    """
+    cfg = model_config(model)
+    if sample_rate != cfg.sample_rate:
+        raise ValueError(f"the clip is at {sample_rate} Hz but the model works at {cfg.sample_rate} Hz")
+    mix = np.asarray(mix, dtype=np.float64)
+    S, L = mix.shape[-1], cfg.clip_samples
+    if cfg.needs_image and frames is None:
+        raise ValueError(f"the model (modalities={cfg.modalities}, depth_source={cfg.depth_source}) needs an image")
+    if cfg.needs_depth_map and depth is None:
+        raise ValueError("the model (depth_source=map) needs a depth map")
+    if S < L:  # one zero-padded window
+        pad = L - S
+        ref = None if rms_reference is None else np.pad(np.asarray(rms_reference, np.float64),
+                                                        [(0, 0)] * (np.ndim(rms_reference) - 1) + [(0, pad)])
+        return predict_clip(model, np.pad(mix, (0, pad)), frames, frame_times, depth, sample_rate=sample_rate,
+                            hop_seconds=hop_seconds, rms_reference=ref, device=device, batch_size=batch_size)[:, :S]
+    if frames is not None and frame_times is None:
+        frame_times = (np.arange(len(frames)) + 0.5) * S / sample_rate / len(frames)
+
+    recorded: dict[int, np.ndarray] = {}
+
+    def record(window: np.ndarray, start: int) -> np.ndarray:
+        recorded[start] = window
+        return np.zeros((2, L))
+
+    kwargs = dict(sample_rate=sample_rate, window_seconds=L / sample_rate, hop_seconds=hop_seconds,
+                  rms_reference=rms_reference)
+    metrics.binauralize_clip(record, mix, **kwargs)  # pass 1: which windows, at which gain
+    starts = sorted(recorded)
+    images = depths = None
+    if cfg.needs_image:
+        times = np.asarray(frame_times, dtype=np.float64)
+        images = np.stack([frames[int(np.argmin(np.abs(times - (s + L / 2) / sample_rate)))] for s in starts])
+    if cfg.needs_depth_map:
+        depths = np.repeat(np.asarray(depth, np.float32)[None], len(starts), axis=0)
+    preds = predict_windows(model, np.stack([recorded[s] for s in starts]), images, depths, device, batch_size)
+    by_start = dict(zip(starts, preds))
+    return metrics.binauralize_clip(lambda w, s: by_start[s], mix, **kwargs)  # pass 2: the same windows, predicted
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+@dataclass
+class BinauralizeResult:
+    out: Path
+    seconds: float
+    sample_rate: int
+    notices: list[str] = field(default_factory=list)
+
+
+def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(x, target // g, int(rate) // g, axis=-1)
+
+
+def read_image(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """An image file -> (uint8 [3, H, W] RGB at `size`, a notice when it was resized)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            notice = None
+            if (im.height, im.width) != tuple(size):
+                notice = f"{path.name}: resized from {im.height}×{im.width} to the model's {size[0]}×{size[1]}"
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy(), notice
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as an image ({exc})") from None
+
+
+def read_depth(path: str | Path) -> np.ndarray:
+    """A .npy depth map in metres, [H, W] or [1, H, W] -> float32 [1, H, W]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"depth map {path} does not exist")
+    try:
+        d = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot be read as a .npy array ({exc})") from None
+    if d.ndim == 3 and d.shape[0] == 1:
+        d = d[0]
+    if d.ndim != 2:
+        raise ValueError(f"{path}: a depth map must be [H, W] or [1, H, W] metres, got shape {d.shape}")
+    if not np.isfinite(d).all() or (d <= 0).any():
+        raise ValueError(f"{path}: depth must be finite and positive (metres)")
+    return d.astype(np.float32)[None]
+
+
+def binauralize_file(model: torch.nn.Module, wav: str | Path, out: str | Path, *, image: str | Path | None = None,
+                     depth: str | Path | None = None, downmix: bool = False, hop_seconds: float = 0.05,
+                     device="cpu", say: Callable[[str], None] = lambda s: None) -> BinauralizeResult:
+    """Binauralize a mono WAV with `model` and write a 2-channel WAV (channel 0 = left) at the model's rate."""
+    import soundfile as sf
+
+    cfg = model_config(model)
+    wav, out = Path(wav), Path(out)
+    notices: list[str] = []
+
+    def note(text: str) -> None:
+        notices.append(text)
+        say(text)
+
+    if cfg.needs_image and image is None:
+        raise ValueError(f"the model uses modalities={cfg.modalities} (depth_source={cfg.depth_source}) and needs the "
+                         "scene's frame: pass --image FRAME.png")
+    if cfg.needs_depth_map and depth is None:
+        raise ValueError("the model reads a depth map (depth_source=map): pass --depth DEPTH.npy (metres, [H, W])")
+    if not wav.is_file():
+        raise FileNotFoundError(f"audio file {wav} does not exist")
+    try:
+        data, rate = sf.read(str(wav), dtype="float64", always_2d=True)  # [S, C]
+    except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
+        raise ValueError(f"{wav}: cannot be read as audio ({exc})") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{wav} holds no samples")
+    channels = data.shape[1]
+    if channels == 1:
+        mix = 2.0 * data[:, 0]  # m = (L + R) / 2, so the model's mix L + R is 2 m
+    elif channels == 2 and downmix:
+        mix = data[:, 0] + data[:, 1]
+        note(f"{wav.name}: stereo input downmixed to L + R (--downmix)")
+    else:
+        raise ValueError(f"{wav}: {channels} channels; binauralize takes a mono recording (1 channel). For a stereo "
+                         "file pass --downmix to use L + R as the mono mix")
+    if rate != cfg.sample_rate:
+        mix = _resample(mix, rate, cfg.sample_rate)
+        note(f"{wav.name}: resampled from {rate} Hz to the model's {cfg.sample_rate} Hz")
+    frames = depth_map = None
+    if cfg.needs_image:
+        frame, notice = read_image(image, cfg.image_size)
+        if notice:
+            note(notice)
+        frames = frame[None]
+    elif image is not None:
+        note(f"the model does not look at images (modalities={cfg.modalities}); {Path(image).name} is ignored")
+    if cfg.needs_depth_map:
+        depth_map = read_depth(depth)
+    elif depth is not None:
+        note(f"the model reads no depth map (depth_source={cfg.depth_source}); {Path(depth).name} is ignored")
+    if len(mix) < cfg.clip_samples:
+        note(f"{wav.name}: {len(mix) / cfg.sample_rate:.3f} s is shorter than one {cfg.clip_seconds} s window; "
+             "zero-padded")
+    model = unwrap(model).eval()
+    ears = predict_clip(model, mix, frames, None, depth_map, sample_rate=cfg.sample_rate, hop_seconds=hop_seconds,
+                        device=device)
+    peak = np.abs(ears).max()
+    if peak > 1.0:
+        ears = ears / peak * 0.99
+        note(f"output peaked at {peak:.2f}; scaled to 0.99 to avoid clipping")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out), ears.T.astype(np.float32), cfg.sample_rate, subtype="PCM_16")
+    return BinauralizeResult(out, len(mix) / cfg.sample_rate, cfg.sample_rate, notices)
