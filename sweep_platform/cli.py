@@ -27,12 +27,19 @@ def _mount_groups() -> None:
     from sweep_platform import data_cli
 
     app.add_typer(data_cli.app, name="data")
+    from sweep_platform import binaural_cli
+
+    binaural_cli.mount(app, data_cli.app)  # data binaural, data fairplay, binauralize
     from sweep_platform import train_cli
 
     app.command("train")(train_cli.train)
     from sweep_platform import results_cli
 
     results_cli.mount(app)  # leaderboard, report, promote, models, predict
+    from sweep_platform import sweep_cli
+
+    app.command("sweep")(sweep_cli.sweep)
+    app.command("resume")(sweep_cli.resume)
 
 
 _mount_groups()

@@ -1,0 +1,472 @@
+"""MLflow for sweeps: a Tune Callback of our own on the sweep driver (not Ray's MLflowLoggerCallback).
+
+Layout (design.md): one parent run per sweep (tag binsweep.role = sweep) with the sweep file's key settings as params
+and `sweep.yaml` + `space.txt` as artifacts; one child run per trial (tag mlflow.parentRunId) with the trial's whole
+flattened config as params, `params_m` at trial start, every epoch's metrics at step = epoch (one log_batch per
+epoch), and at the end its state (binsweep.state: completed, stopped by ASHA, failed + binsweep.error), gpu_hours and
+wall_s. A trial that completes or is stopped gets its best checkpoint (by the sweep's first objective) scored on the
+test split (`training.evaluate_and_log`: test metrics, plots, attention rollout, the model as a LoggedModel).
+
+Nothing here may stop a trial: every MLflow call goes through `tracking.with_retries`, and evaluation runs on one
+background thread so Tune's event loop never waits for it (it is joined at the end of the sweep).
+
+Restores: the trial -> run map is the callback's `get_state`, saved by Tune with the experiment state. Tune saves it
+every ~10 s, so after a driver is killed the map can be a few seconds behind MLflow; a trial whose run is missing
+from it is looked up by its tags before a run is created, and epochs already in the run's history are not logged
+again. Hence no duplicate runs and no duplicate epochs after `binsweep resume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from sweep_platform import ray_runtime, tracking
+from sweep_platform import sweep as sw
+from sweep_platform.leaderboard import TAG_ERROR, TAG_ROLE, TAG_STATE
+from sweep_platform.space import SweepSpec, describe
+
+log = logging.getLogger(__name__)
+
+TAG_BEST_CHECKPOINT = "binsweep.best_checkpoint"
+TAG_TRAIN_NAME = "binsweep.train_name"
+TAG_EVAL_ERROR = "binsweep.eval_error"
+TAG_RESTARTS = "binsweep.restarts"  # times the trial was restarted by `binsweep resume`
+TAG_RESUMED_FROM = "binsweep.resumed_from_epoch"  # the checkpoint's epoch Train went on from at the last restart
+# Per-trial metrics logged once at step 0 (the leaderboard's TRIAL_METRICS); never per epoch.
+_TRIAL_METRICS = {"params_m", "gpu_hours", "wall_s", "startup_s"}
+_NOT_EPOCH = set(AUTO_RESULT_KEYS) | _TRIAL_METRICS | {"done", "trial_id", "checkpoint_path", "experiment_tag",
+                                                       "should_checkpoint"}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _better(a: float, b: float | None, mode: str) -> bool:
+    return b is None or (a < b if mode == "min" else a > b)
+
+
+# ---------------------------------------------------------------------------------------------------- parent run
+
+
+def find_parent_run(name: str):
+    """The parent run of sweep `name` in any experiment, or None."""
+    c = tracking.client()
+    ids = [e.experiment_id for e in c.search_experiments()]
+    if not ids:
+        return None
+    found = c.search_runs(ids, filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{tracking.TAG_SWEEP}` = '{name}'",
+                          max_results=1)
+    return found[0] if found else None
+
+
+def create_parent_run(name: str, spec: SweepSpec, *, sweep_file: str, concurrency: int, optuna_storage: str,
+                      fingerprint: str) -> tuple[str, str]:
+    """(experiment id, run id) of the sweep's new parent run, with its settings, sweep.yaml and space.txt."""
+    from mlflow.entities import Param
+
+    c = tracking.client()
+    exp_id = tracking.ensure_experiment(tracking.experiment_name(spec.trainable, spec.experiment))
+    run = c.create_run(exp_id, run_name=name, tags={
+        TAG_ROLE: "sweep", tracking.TAG_SWEEP: name, tracking.TAG_TRAINABLE: spec.trainable,
+        tracking.TAG_GIT: tracking.git_sha(), tracking.TAG_DATASET: fingerprint, TAG_STATE: sw.RUNNING})
+    run_id = run.info.run_id
+    s, r, sch = spec.sampler, spec.resources, spec.scheduler
+    params = {
+        "trainable": spec.trainable, "dataset": spec.dataset, "sweep_file": spec.source,
+        "objectives": ", ".join(f"{m} ({mode})" for m, mode in zip(spec.metrics, spec.modes)),
+        "trials": spec.trials, "concurrency": concurrency, "concurrency_setting": spec.concurrency,
+        "sampler.type": s.type, "sampler.seed": s.seed, "scheduler.type": sch.type,
+        "resources.workers": r.workers, "resources.cpus_per_worker": r.cpus_per_worker,
+        "resources.gpus_per_worker": r.gpus_per_worker, "optuna.study": name,
+        "optuna.storage": tracking.redact(optuna_storage), "space.params": ", ".join(spec.space) or "none",
+    }
+    if sch.type == "asha":
+        params.update({"scheduler.grace_epochs": sch.grace_epochs, "scheduler.max_epochs": sch.max_epochs,
+                       "scheduler.reduction_factor": sch.reduction_factor})
+    c.log_batch(run_id, params=[Param(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()])
+    with tempfile.TemporaryDirectory(prefix="binsweep-sweep-") as d:
+        (Path(d) / "sweep.yaml").write_text(sweep_file)
+        (Path(d) / "space.txt").write_text(describe(spec) + "\n")
+        tracking.log_files(run_id, {"sweep": Path(d) / "sweep.yaml", "space": Path(d) / "space.txt"})
+    return exp_id, run_id
+
+
+def mark_interrupted(parent_run_id: str | None) -> None:
+    if parent_run_id is None:
+        return
+    c = tracking.client()
+    tracking.with_retries(lambda: c.set_tag(parent_run_id, TAG_STATE, sw.INTERRUPTED), "sweep state")
+    tracking.with_retries(lambda: c.set_terminated(parent_run_id, status="KILLED"), "sweep status")
+
+
+def parent_state(parent_run_id: str) -> str:
+    """finished, failed or interrupted (the parent's binsweep.state), as the last session left it."""
+    run = tracking.with_retries(lambda: tracking.client().get_run(parent_run_id), "sweep run")
+    return run.data.tags.get(TAG_STATE, "unknown") if run is not None else "unknown"
+
+
+# --------------------------------------------------------------------------------------------------- callback
+
+
+class MlflowSweepCallback(Callback):
+    """Parent and child runs of one sweep; see the module docstring. Construct with the sweep's context."""
+
+    def __init__(self, ctx: sw.SweepContext, *, evaluate: bool = True):
+        self.ctx = ctx
+        self.evaluate = evaluate
+        # trial id -> {run_id, state, last_epoch, best: [value, epoch, checkpoint_path] | None, wall_s, evaluated,
+        #              restarts}
+        self._trials: dict[str, dict[str, Any]] = {}
+        self._rt: dict[str, Any] | None = None  # this session only: client, lock, evaluation thread, clocks
+
+    def __getstate__(self):  # tuner.pkl holds the arguments; the trial map travels through get_state
+        return {"ctx": self.ctx, "evaluate": self.evaluate, "_trials": {}, "_rt": None}
+
+    # -- Tune state ------------------------------------------------------------------------------------------
+
+    def get_state(self) -> dict | None:
+        lock = self._rt["lock"] if self._rt else contextlib.nullcontext()
+        with lock:
+            return {"parent_run_id": self.ctx.parent_run_id, "trials": copy.deepcopy(self._trials)}
+
+    def set_state(self, state: dict) -> None:
+        self._trials = copy.deepcopy(state.get("trials", {}))
+
+    # -- session ---------------------------------------------------------------------------------------------
+
+    def setup(self, **info):
+        from trainables.registry import get_trainable
+
+        spec = self.ctx.spec
+        self._rt = {"client": tracking.client(), "lock": threading.Lock(), "started": {}, "first": {},
+                    "restarted": set(),
+                    "pool": ThreadPoolExecutor(1, thread_name_prefix="binsweep-eval"),
+                    "trainable": get_trainable(spec.trainable), "fingerprint": self._fingerprint()}
+        parent = self.ctx.parent_run_id
+        c = self._rt["client"]
+        tracking.with_retries(lambda: c.update_run(parent, status="RUNNING"), "sweep status")
+        tracking.with_retries(lambda: c.set_tag(parent, TAG_STATE, sw.RUNNING), "sweep state")
+        # a previous driver died after a trial ended but before its evaluation was logged
+        for tid, rec in self._trials.items():
+            if rec["state"] in (sw.COMPLETED, sw.STOPPED) and not rec.get("evaluated"):
+                self._rt["pool"].submit(self._finish, tid)
+
+    def _fingerprint(self) -> str:
+        from sweep_platform.training import _dataset_fingerprint, resolve_data_root
+
+        try:
+            return _dataset_fingerprint(resolve_data_root(sw.trial_model_config(self.ctx.spec, {})))
+        except Exception:  # noqa: BLE001 - a tag is not worth failing a sweep for
+            return "unknown"
+
+    def _client(self):
+        return self._rt["client"]
+
+    # -- child runs ------------------------------------------------------------------------------------------
+
+    def _find_run(self, trial_id: str) -> dict[str, Any] | None:
+        """A child run of this sweep for the trial that the restored state did not know about yet."""
+        c = self._client()
+        flt = (f"tags.`{tracking.TAG_PARENT}` = '{self.ctx.parent_run_id}' and "
+               f"tags.`{tracking.TAG_TRIAL}` = '{trial_id}'")
+        found = tracking.with_retries(lambda: c.search_runs([self.ctx.experiment_id], filter_string=flt,
+                                                            max_results=1), "find trial run")
+        if not found:
+            return None
+        run = found[0]
+        state = run.data.tags.get(TAG_STATE, sw.RUNNING)
+        return {"run_id": run.info.run_id, "state": state, "last_epoch": 0, "best": None, "wall_s": 0.0,
+                "evaluated": TAG_BEST_CHECKPOINT in run.data.tags
+                or (run.info.status != "RUNNING" and state in sw.FINAL_STATES)}
+
+    def _logged_epoch(self, run_id: str) -> int:
+        hist = tracking.with_retries(lambda: self._client().get_metric_history(run_id, "epoch"), "epoch history")
+        return max((int(m.step) for m in hist or []), default=0)
+
+    def _create_run(self, trial) -> dict[str, Any]:
+        from mlflow.entities import Metric, Param
+
+        spec, rt = self.ctx.spec, self._rt
+        try:
+            validated = sw.trial_model_config(spec, trial.config)
+            config, params_m = validated.model_dump(mode="json"), sw.count_params_m(rt["trainable"], validated)
+        except Exception:  # noqa: BLE001 - an invalid combination: the trial fails with the reason; log what it got
+            from sweep_platform.space import trial_config
+
+            config, params_m = trial_config(spec, trial.config), None
+        tags = {tracking.TAG_PARENT: self.ctx.parent_run_id, tracking.TAG_TRIAL: trial.trial_id,
+                tracking.TAG_SWEEP: self.ctx.name, tracking.TAG_TRAINABLE: spec.trainable,
+                tracking.TAG_DATASET: rt["fingerprint"], tracking.TAG_GIT: tracking.git_sha(), TAG_STATE: sw.RUNNING,
+                TAG_TRAIN_NAME: sw.train_run_name(self.ctx.name, trial.trial_id)}
+        c = self._client()
+        run = tracking.with_retries(lambda: c.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags),
+                                    f"run of trial {trial.trial_id}")
+        rec = {"run_id": run.info.run_id if run else None, "state": sw.RUNNING, "last_epoch": 0, "best": None,
+               "wall_s": 0.0, "evaluated": False}
+        if run is not None:
+            r = spec.resources
+            params = tracking.params_of(config)
+            params.update({"resources.workers": str(r.workers), "resources.gpus_per_worker": str(r.gpus_per_worker),
+                           "resources.cpus_per_worker": str(r.cpus_per_worker)})
+            metrics = [Metric("params_m", params_m, int(time.time() * 1000), 0)] if params_m is not None else []
+            tracking.with_retries(lambda: c.log_batch(rec["run_id"], metrics=metrics,
+                                                      params=[Param(k, v) for k, v in params.items()]), "params")
+        return rec
+
+    # -- Tune hooks ------------------------------------------------------------------------------------------
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tid = trial.trial_id
+        if tid in self._rt["started"] and self._trials.get(tid, {}).get("state") == sw.RUNNING:
+            return  # already started in this session
+        rec = self._trials.get(tid) or self._find_run(tid)
+        if rec is None:
+            rec = self._create_run(trial)
+        elif rec["run_id"] and rec["state"] not in sw.FINAL_STATES:
+            # resumed: the same run goes on; epochs it already has are not logged twice
+            rec["last_epoch"] = max(rec["last_epoch"], self._logged_epoch(rec["run_id"]))
+            rec["restarts"] = rec.get("restarts", 0) + 1
+            c, run_id = self._client(), rec["run_id"]
+            tracking.with_retries(lambda: c.update_run(run_id, status="RUNNING"), "run status")
+            tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, sw.RUNNING), "run state")
+            rec["state"] = sw.RUNNING
+            self._rt["restarted"].add(tid)
+        with self._rt["lock"]:
+            self._trials[tid] = rec
+        self._rt["started"][tid] = (time.time(), rec["wall_s"])
+
+    def _wall(self, tid: str) -> float:
+        start, before = self._rt["started"].get(tid, (time.time(), 0.0))
+        return before + time.time() - start
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        rec = self._trials.get(tid)
+        if rec is None or rec["run_id"] is None or rec["state"] in sw.FINAL_STATES:
+            return
+        epoch = int(result.get("epoch", 0))
+        rec["wall_s"] = self._wall(tid)
+        if tid in self._rt["restarted"]:  # the first result after a restart says where Train resumed
+            self._rt["restarted"].discard(tid)
+            self._tags(rec["run_id"], {TAG_RESTARTS: str(rec["restarts"]), TAG_RESUMED_FROM: str(epoch - 1)})
+        if epoch <= rec["last_epoch"]:
+            return  # replayed after a restore: already in the run's history
+        if epoch > rec["last_epoch"] + 1:
+            self._backfill(tid, rec, before=epoch)
+        self._log_epoch(rec, epoch, result, result.get("checkpoint_path"))
+        if not rec.get("restarts"):
+            self._startup(tid, rec["run_id"])
+
+    def _log_epoch(self, rec: dict, epoch: int, metrics: dict, checkpoint_path: str | None) -> None:
+        spec, run_id = self.ctx.spec, rec["run_id"]
+        values = {k: v for k, v in metrics.items() if k not in _NOT_EPOCH and _finite(v)}
+        tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, values, step=epoch), f"epoch {epoch}")
+        value = metrics.get(spec.metric)
+        with self._rt["lock"]:
+            rec["last_epoch"] = max(rec["last_epoch"], epoch)
+            if _finite(value) and checkpoint_path and _better(value, (rec["best"] or [None])[0], spec.mode):
+                rec["best"] = [float(value), epoch, checkpoint_path]
+
+    def _backfill(self, tid: str, rec: dict, before: float = math.inf) -> None:
+        """Epochs whose checkpoint was saved but whose result never reached Tune (the driver died or was stopped
+        in between, so Train resumes after them): logged from the metrics the loop keeps in each checkpoint."""
+        for epoch, path, metrics in self._checkpoints(tid):
+            if rec["last_epoch"] < epoch < before:
+                self._log_epoch(rec, epoch, metrics, path)
+
+    def _checkpoints(self, tid: str) -> list[tuple[int, str, dict]]:
+        """(epoch, path, metrics) of the checkpoints the trial's Train run still keeps, oldest first."""
+        import pyarrow.fs
+
+        from trainables.loop import CONFIG_FILE
+
+        fs, root = sw._fs(ray_runtime.storage_path())
+        run_dir = f"{root}/{sw.train_run_name(self.ctx.name, tid)}"
+        try:
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
+        except OSError:
+            return []
+        out = []
+        for info in infos:
+            if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+                continue
+            try:
+                with fs.open_input_stream(f"{info.path}/{CONFIG_FILE}") as f:
+                    meta = json.loads(f.read().decode())
+                out.append((int(meta["epoch"]), info.path, dict(meta.get("metrics", {}))))
+            except (OSError, ValueError, KeyError):
+                continue  # being written, or deleted by Train's num_to_keep meanwhile
+        return sorted(out, key=lambda x: x[0])
+
+    def _startup(self, tid: str, run_id: str) -> None:
+        """Seconds from the trial's start to its first epoch's start (first report time minus one epoch's time):
+        actor, Train controller and worker group start-up, process group, data loading. Logged once, at step 0."""
+        now, first = time.time(), self._rt["first"]
+        if tid not in first:
+            first[tid] = now
+        elif first[tid] is not None:
+            start = self._rt["started"][tid][0]
+            startup = (first[tid] - start) - (now - first[tid])
+            first[tid] = None
+            if startup > 0:
+                tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, {"startup_s": startup}, step=0),
+                                      "startup time")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tid = trial.trial_id
+        rec = self._trials.get(tid)
+        if rec is None or rec["run_id"] is None:
+            return
+        if rec["state"] in sw.FINAL_STATES:  # rerun after a restore that lagged behind MLflow: already recorded
+            if not rec.get("evaluated"):
+                self._rt["pool"].submit(self._finish, tid)
+            return
+        if rec.get("restarts"):  # a resumed run's last epochs may be in its checkpoints only
+            self._backfill(tid, rec)
+        if tid in self._rt["restarted"]:  # restarted with nothing left to train: it resumed at its last checkpoint
+            self._rt["restarted"].discard(tid)
+            self._tags(rec["run_id"], {TAG_RESTARTS: str(rec["restarts"]), TAG_RESUMED_FROM: str(rec["last_epoch"])})
+        last = max(rec["last_epoch"], int((trial.last_result or {}).get("epoch", 0)))
+        state = sw.end_state(self.ctx.spec, trial.config, last)
+        self._end(tid, rec, state)
+        self._rt["pool"].submit(self._finish, tid)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid = trial.trial_id
+        rec = self._trials.get(tid)
+        if rec is None:  # failed before it started (e.g. its actor could not be placed)
+            self.on_trial_start(iteration, trials, trial)
+            rec = self._trials[tid]
+        if rec["run_id"] is None or rec["state"] in sw.FINAL_STATES:
+            return
+        error = sw.trial_error(trial)
+        c, run_id = self._client(), rec["run_id"]
+        tracking.with_retries(lambda: c.set_tag(run_id, TAG_ERROR, error[:5000]), "error tag")
+        self._end(tid, rec, sw.FAILED)
+        tracking.with_retries(lambda: c.set_terminated(run_id, status="FAILED"), "run status")
+
+    def _tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        c = self._client()
+        tracking.with_retries(lambda: c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]), "tags")
+
+    def _end(self, tid: str, rec: dict, state: str) -> None:
+        r = self.ctx.spec.resources
+        wall = self._wall(tid)
+        with self._rt["lock"]:
+            rec["state"], rec["wall_s"] = state, wall
+        c, run_id = self._client(), rec["run_id"]
+        tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, state), "run state")
+        tracking.with_retries(lambda: tracking.log_metrics_batch(
+            run_id, {"gpu_hours": r.workers * r.gpus_per_worker * wall / 3600, "wall_s": wall}, step=0), "gpu hours")
+
+    # -- evaluation (background thread) ----------------------------------------------------------------------
+
+    def _finish(self, tid: str) -> None:
+        """Score the trial's best checkpoint on the test split, log the model, close the run."""
+        rec = self._trials[tid]
+        run_id, c = rec["run_id"], self._client()
+        try:
+            found = self._best_checkpoint(tid, rec)
+            if found is not None and self.evaluate:
+                path, epoch = found
+                from sweep_platform.training import evaluate_and_log
+
+                with _checkpoint_dir(path) as d:
+                    evaluate_and_log(self._rt["trainable"], d, run_id, split="test", log_model=True)
+                tracking.with_retries(lambda: c.set_tag(run_id, TAG_BEST_CHECKPOINT, path), "checkpoint tag")
+                tracking.with_retries(lambda: c.set_tag(run_id, "binsweep.best_epoch", str(epoch)), "epoch tag")
+            elif found is None:
+                tracking.with_retries(lambda: c.set_tag(run_id, TAG_EVAL_ERROR, "no checkpoint to evaluate"), "tag")
+        except Exception as exc:  # noqa: BLE001 - a failed evaluation leaves the trial's training results intact
+            log.warning("evaluating trial %s failed: %s", tid, exc)
+            msg = tracking.redact(f"{type(exc).__name__}: {exc}")[:5000]
+            tracking.with_retries(lambda: c.set_tag(run_id, TAG_EVAL_ERROR, msg), "eval error tag")
+        tracking.with_retries(lambda: c.set_terminated(run_id, status="FINISHED"), "run status")
+        with self._rt["lock"]:
+            rec["evaluated"] = True
+
+    def _best_checkpoint(self, tid: str, rec: dict) -> tuple[str, int] | None:
+        """(path, epoch) of the best reported checkpoint if Train still keeps it, else the best one it keeps."""
+        kept = self._checkpoints(tid)
+        if rec["best"]:
+            for epoch, path, _ in kept:
+                if epoch == rec["best"][1]:
+                    return path, epoch
+        spec, best = self.ctx.spec, None
+        for epoch, path, metrics in kept:
+            v = metrics.get(spec.metric)
+            if _finite(v) and _better(v, best[0] if best else None, spec.mode):
+                best = (v, path, epoch)
+        return (best[1], best[2]) if best else None
+
+    # -- end of the sweep ------------------------------------------------------------------------------------
+
+    def on_experiment_end(self, trials, **info):
+        rt = self._rt
+        rt["pool"].shutdown(wait=True)
+        c, parent, spec = self._client(), self.ctx.parent_run_id, self.ctx.spec
+        # Ctrl-C: Tune saved the experiment, then stopped the running trials without on_trial_complete
+        for tid, rec in self._trials.items():
+            if rec["state"] == sw.RUNNING and rec["run_id"]:
+                run_id = rec["run_id"]
+                tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, sw.INTERRUPTED), "run state")
+                tracking.with_retries(lambda: c.set_terminated(run_id, status="KILLED"), "run status")
+                rec["state"] = sw.INTERRUPTED
+        counts = {s: 0 for s in (*sw.FINAL_STATES, sw.INTERRUPTED)}
+        for rec in self._trials.values():
+            counts[rec["state"]] = counts.get(rec["state"], 0) + 1
+        pending = sum(1 for t in trials if t.status in ("PENDING", "PAUSED"))
+        ended = sum(counts[s] for s in sw.FINAL_STATES)
+        complete = counts[sw.INTERRUPTED] == 0 and pending == 0 and ended >= spec.trials
+        metrics = {f"trials_{s}": n for s, n in counts.items()}
+        best = min(((rec["best"][0] if spec.mode == "min" else -rec["best"][0], tid)
+                    for tid, rec in self._trials.items() if rec["state"] in (sw.COMPLETED, sw.STOPPED) and rec["best"]),
+                   default=None)
+        if best is not None:
+            tid = best[1]
+            rec = self._trials[tid]
+            tracking.with_retries(lambda: c.set_tag(parent, "binsweep.best_trial", tid), "best trial")
+            tracking.with_retries(lambda: c.set_tag(parent, "binsweep.best_run_id", rec["run_id"]), "best run")
+            child = tracking.with_retries(lambda: c.get_run(rec["run_id"]), "best run")
+            if child is not None:
+                metrics.update({k: v for k, v in child.data.metrics.items()
+                                if k.startswith("test_") or k == "params_m"})
+            metrics[f"best_{spec.metric}"] = rec["best"][0]
+        r = spec.resources
+        wall = sum(rec["wall_s"] for rec in self._trials.values())
+        metrics["gpu_hours"] = wall * r.workers * r.gpus_per_worker / 3600
+        tracking.with_retries(lambda: tracking.log_metrics_batch(parent, metrics, step=0), "sweep summary")
+        succeeded = counts[sw.COMPLETED] + counts[sw.STOPPED]
+        state, status = ("interrupted", "KILLED") if not complete else \
+            ("finished", "FINISHED") if succeeded else ("failed", "FAILED")
+        tracking.with_retries(lambda: c.set_tag(parent, TAG_STATE, state), "sweep state")
+        tracking.with_retries(lambda: c.set_terminated(parent, status=status), "sweep status")
+
+
+@contextlib.contextmanager
+def _checkpoint_dir(path: str):
+    """A checkpoint as a local directory: itself on local storage, a download from shared storage otherwise."""
+    if Path(path).is_dir():
+        yield path
+        return
+    import ray.train
+
+    fs, _ = sw._fs(ray_runtime.storage_path())
+    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
+        yield d

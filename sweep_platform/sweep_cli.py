@@ -1,0 +1,109 @@
+"""`binsweep sweep FILE` and `binsweep resume NAME`: run a sweep file on Ray Tune, continue one whose driver died."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from sweep_platform.errors import run_guarded
+
+console = Console()
+
+INTERRUPTED_EXIT = 130
+
+
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Sweep file (YAML), e.g. search_spaces/bast_smoke.yaml; format in "
+                                         "search_spaces/README.md.")],
+    name: Annotated[Optional[str], typer.Option(help="Sweep name: the Ray experiment, the Optuna study and the MLflow "
+                                                "parent run (default: the file's name plus a timestamp, e.g. "
+                                                "bast_smoke-1122-153012). Must be new.")] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker failures each trial's Train run recovers from (restarts "
+                                              "from its last checkpoint) before the trial fails, e.g. 2 on spot "
+                                              "instances. A NaN loss fails the trial whatever this says.",
+                                              min=0)] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live table of trials.")] = True,
+) -> None:
+    """Run a sweep: Optuna proposes each trial, ASHA stops the poor ones, every trial is an MLflow child run.
+
+    Each trial trains on Ray Train (local Ray, or the cluster in RAY_ADDRESS) and its best checkpoint is scored on
+    the test split. Failed trials (e.g. a NaN loss) are recorded with their error while the others go on; the
+    command exits 0 when at least one trial succeeded. Ctrl-C stops cleanly: continue with `binsweep resume NAME`.
+
+    Example: binsweep sweep search_spaces/bast_smoke.yaml --name smoke1
+    """
+
+    def _run() -> None:
+        from sweep_platform.space import load_sweep
+        from sweep_platform.sweep import default_name, start_sweep
+
+        sweep_name = name or default_name(load_sweep(file))  # a bad file fails here, before anything is created
+        try:
+            outcome = start_sweep(file, sweep_name, max_failures=max_failures, progress=progress, say=_say)
+        except KeyboardInterrupt:
+            _interrupted(sweep_name)
+        _report(outcome)
+
+    run_guarded(_run)
+
+
+def resume(
+    name: Annotated[str, typer.Argument(help="Name of the sweep to continue, e.g. bast_smoke-1122-153012.")],
+) -> None:
+    """Continue a sweep whose driver died or was stopped with Ctrl-C.
+
+    Finished trials are kept (never rerun); unfinished ones restart from their last checkpoint (their Ray Train run is
+    named after the trial, so Train resumes it) and keep their MLflow runs; the Optuna study goes on with the trials
+    still to run. The ASHA scheduler's state is not saved by Ray Tune: after a resume its rungs start empty, so trials
+    that reach a rung again are compared only with those that reach it after the resume. A local Ray cluster that
+    died with the old driver is started afresh.
+
+    Example: binsweep resume bast_smoke-1122-153012
+    """
+
+    def _run() -> None:
+        from sweep_platform.sweep import resume_sweep
+
+        try:
+            outcome = resume_sweep(name, say=_say)
+        except KeyboardInterrupt:
+            _interrupted(name)
+        _report(outcome)
+
+    run_guarded(_run)
+
+
+def _say(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def _interrupted(name: str) -> None:
+    console.print(f"[yellow]sweep {name} interrupted.[/yellow] Continue it with: binsweep resume {name}",
+                  highlight=False)
+    sys.exit(INTERRUPTED_EXIT)
+
+
+def _report(outcome) -> None:
+    from sweep_platform import leaderboard as lb
+
+    if outcome.trials:
+        console.print(lb.to_table(outcome.trials, title=f"sweep {outcome.name}"))
+    counts = ", ".join(f"{outcome.count(s)} {s}" for s in ("completed", "stopped", "failed", "interrupted")
+                       if outcome.count(s))
+    console.print(f"{len(outcome.trials)} trials ({counts or 'none'}) in {outcome.wall_s:.0f} s; MLflow parent run "
+                  f"{outcome.parent_run_id}", highlight=False)
+    for line in lb.failed_lines(outcome.trials):
+        console.print(f"failed: {line}", style="red", highlight=False, soft_wrap=True, markup=False)
+    if outcome.state == "interrupted":
+        _interrupted(outcome.name)
+    best = outcome.best
+    if best is not None:
+        console.print(f"best: trial {best['trial']} ({best['metric']} {best['value']:.4g}, run {best['run_id']}); "
+                      f"see `binsweep leaderboard --sweep {outcome.name}`", highlight=False)
+    if outcome.succeeded == 0:
+        console.print("[red]no trial succeeded[/red]")
+        sys.exit(1)

@@ -1,0 +1,224 @@
+"""`binsweep sweep`: a real Ray Tune sweep (Train V2 trials, Optuna grid, ASHA) logged to a real SQLite MLflow store
+and a real SQLite Optuna storage, then read back.
+
+One sweep serves most tests: a tiny BAST on a tiny generated dataset (built from the file's dataset_build), four
+trials of three epochs, two at once, ASHA grace 1 / max 3 / reduction 2, objectives val_ad_deg and params_m. One
+trial gets lr 1e8 without gradient clipping, so its loss turns NaN in its first epoch and it must be recorded as
+failed while the others finish.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sweep_platform import paths, ray_runtime, tracking
+from sweep_platform.cli import app
+from sweep_platform.space import parse_sweep
+from sweep_platform.sweep import concurrency, end_state, optuna_storage, trial_epochs
+
+runner = CliRunner()
+
+DATASET_BUILD = {"generated_sounds": 24, "azimuths": list(range(0, 360, 30)), "environments": ["anechoic"],
+                 "test_fraction": 0.25, "shard_rows": 64, "seed": 1}
+LRS = [1.0e-3, 3.0e-3, 1.0e-4, 1.0e8]  # the last one diverges
+
+
+def sweep_file(tmp: Path, **over) -> dict:
+    data = {
+        "name": "tiny", "trainable": "bast", "dataset": "data/sweep_loc", "dataset_build": DATASET_BUILD,
+        "objectives": [{"metric": "val_ad_deg", "mode": "min"}, {"metric": "params_m", "mode": "min"}],
+        "scheduler": {"type": "asha", "grace_epochs": 1, "max_epochs": 3, "reduction_factor": 2},
+        "concurrency": 2, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+        "sampler": {"type": "grid", "seed": 0},
+        "base": {"model": {"preset": "bast_tiny", "embed_dim": 32, "mlp_dim": 64, "layers_left": 1,
+                           "layers_right": 1, "layers_center": 1},
+                 "train": {"epochs": 3, "batch_size": 16, "precision": "fp32", "grad_clip": None}},
+        "space": {"train.lr": {"choice": LRS}},
+    }
+    data.update(over)
+    return data
+
+
+def write(tmp: Path, name: str, data) -> Path:
+    path = tmp / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def children(parent_id: str, exp_id: str) -> list:
+    return tracking.client().search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def parents(name: str) -> list:
+    c = tracking.client()
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(ids, filter_string=f"tags.`binsweep.sweep_id` = '{name}' and tags.`binsweep.role` = 'sweep'")
+
+
+def all_runs() -> int:
+    c = tracking.client()
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return len(c.search_runs(ids)) if ids else 0
+
+
+# ------------------------------------------------------------------------------------------- fast, no Ray needed
+
+
+def test_concurrency_follows_the_cluster_and_the_file(tmp_path):
+    spec = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=4, sampler={"type": "random", "seed": 0}),
+                       "t.yaml")
+    assert concurrency(spec, {"CPU": 4}) == 2  # (1 worker x 1 CPU + 1 driver) per trial
+    assert concurrency(spec, {"CPU": 16}) == 4  # never more than the trials
+    gpu = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=8, sampler={"type": "random"},
+                                 resources={"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1}), "t.yaml")
+    assert concurrency(gpu, {"CPU": 64, "GPU": 8}) == 4  # GPUs bind first: 8 / (2 x 1)
+    with pytest.raises(ValueError, match="one trial needs 5 CPUs and 2 GPUs"):
+        concurrency(gpu, {"CPU": 64, "GPU": 1})
+    assert concurrency(parse_sweep(sweep_file(tmp_path), "t.yaml"), {"CPU": 1}) == 2  # the file's number wins
+
+
+def test_a_trial_that_ends_before_its_last_epoch_was_stopped(tmp_path):
+    spec = parse_sweep(sweep_file(tmp_path), "t.yaml")
+    assert trial_epochs(spec, {"train.lr": 1e-3}) == 3
+    assert end_state(spec, {"train.lr": 1e-3}, 3) == "completed"
+    assert end_state(spec, {"train.lr": 1e-3}, 1) == "stopped"
+
+
+def test_bad_yaml_exits_2_naming_the_file_and_creates_nothing(tmp_path):
+    before = all_runs()
+    bad = write(tmp_path, "bad_sweep.yaml", "name: x\ntrainable: bast\nspace: {train.lr: {choice: [1, 2]\n")
+    res = runner.invoke(app, ["sweep", str(bad), "--name", "never-bad"])
+    assert res.exit_code == 2, res.output
+    assert "bad_sweep.yaml" in res.output and "not valid YAML" in res.output
+    wrong = write(tmp_path, "wrong_key.yaml", {**sweep_file(tmp_path), "trials": 2, "schedulr": {"type": "none"}})
+    res = runner.invoke(app, ["sweep", str(wrong), "--name", "never-wrong"])
+    assert res.exit_code == 2 and "wrong_key.yaml" in res.output and "schedulr" in res.output, res.output
+    assert all_runs() == before
+    for name in ("never-bad", "never-wrong"):
+        assert not (Path(ray_runtime.storage_path()) / name).exists()
+
+
+def test_missing_dataset_without_build_is_a_clear_error(tmp_path):
+    data = sweep_file(tmp_path, dataset="data/not_there")
+    data.pop("dataset_build")
+    res = runner.invoke(app, ["sweep", str(write(tmp_path, "nodata.yaml", data)), "--name", "never-nodata"])
+    assert res.exit_code == 2, res.output
+    assert "nodata.yaml" in res.output and str(paths.home() / "data" / "not_there") in res.output.replace("\n", "")
+
+
+def test_resume_of_an_unknown_sweep_lists_the_known_ones():
+    res = runner.invoke(app, ["resume", "no-such-sweep"])
+    assert res.exit_code == 2, res.output
+    assert "no sweep named 'no-such-sweep'" in res.output and "existing sweeps" in res.output
+
+
+# -------------------------------------------------------------------------------------------------- the sweep
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    name = "tiny-sweep"
+    res = runner.invoke(app, ["sweep", str(write(tmp, "tiny.yaml", sweep_file(tmp))), "--name", name])
+    parent = parents(name)
+    return name, res, parent
+
+
+@pytest.mark.slow
+def test_sweep_exits_0_and_reports_the_failed_trial(swept):
+    name, res, _ = swept
+    assert res.exit_code == 0, res.output
+    assert "FloatingPointError" in res.output and "epoch 1" in res.output
+    assert f"binsweep leaderboard --sweep {name}" in res.output.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_one_parent_run_with_settings_artifacts_and_summary(swept):
+    name, _, found = swept
+    assert len(found) == 1
+    parent = found[0]
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    assert parent.info.status == "FINISHED" and tags["binsweep.state"] == "finished"
+    manifest = json.loads((paths.home() / "data" / "sweep_loc" / "manifest.json").read_text())
+    assert tags["binsweep.dataset_fingerprint"] == manifest["fingerprint"]
+    assert tags["binsweep.trainable"] == "bast" and tags["binsweep.git_sha"]
+    assert params["trials"] == "4" and params["concurrency"] == "2" and params["scheduler.max_epochs"] == "3"
+    assert params["objectives"] == "val_ad_deg (min), params_m (min)" and params["optuna.study"] == name
+    arts = {a.path for a in tracking.client().list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "space.txt"} <= arts
+    assert metrics["trials_failed"] == 1 and metrics["trials_completed"] + metrics["trials_stopped"] == 3
+    assert tags["binsweep.best_trial"] and "test_ad_deg" in metrics and metrics["best_val_ad_deg"] > 0
+
+
+@pytest.mark.slow
+def test_one_child_run_per_trial_with_params_epochs_and_state(swept):
+    name, _, (parent,) = swept
+    runs = children(parent.info.run_id, parent.info.experiment_id)
+    assert len(runs) == 4
+    c = tracking.client()
+    assert sorted(float(r.data.params["train.lr"]) for r in runs) == sorted(LRS)
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert tags["binsweep.sweep_id"] == name and tags["binsweep.trial_id"] == run.info.run_name
+        assert tags["binsweep.dataset_fingerprint"] == parent.data.tags["binsweep.dataset_fingerprint"]
+        # the whole flattened trial config, not just the searched params
+        assert params["model.embed_dim"] == "32" and params["train.epochs"] == "3" and params["loss.name"]
+        assert params["data.root"].endswith("sweep_loc") and params["resources.workers"] == "1"
+        assert 0.01 < metrics["params_m"] < 0.1 and metrics["gpu_hours"] == 0 and metrics["wall_s"] > 0
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_ad_deg")]
+        if float(params["train.lr"]) > 1:
+            assert tags["binsweep.state"] == "failed" and run.info.status == "FAILED"
+            assert "FloatingPointError" in tags["binsweep.error"] and "epoch 1" in tags["binsweep.error"]
+            assert steps == []
+            continue
+        assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 3
+        for key in ("train_loss", "val_loss", "val_mse", "epoch"):
+            assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == steps, key
+        assert tags["binsweep.state"] == ("completed" if len(steps) == 3 else "stopped"), (tags, steps)
+        assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_finished_trials_have_test_metrics_and_a_logged_model(swept):
+    _, _, (parent,) = swept
+    tracking.client()  # fluent API on the same store
+    for run in children(parent.info.run_id, parent.info.experiment_id):
+        if run.data.tags["binsweep.state"] == "failed":
+            continue
+        m = run.data.metrics
+        assert 0 <= m["test_ad_deg"] <= 180 and m["test_mse"] >= 0
+        ckpt = run.data.tags["binsweep.best_checkpoint"]
+        assert Path(ckpt, "state.pt").is_file()
+        models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                             filter_string=f"source_run_id='{run.info.run_id}'")
+        assert len(models) == 1
+        arts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "evaluation")}
+        assert "evaluation/attention_rollout.png" in arts
+
+
+@pytest.mark.slow
+def test_optuna_study_holds_every_trial(swept):
+    name, _, _ = swept
+    study = optuna.load_study(study_name=name, storage=optuna_storage())
+    assert len(study.trials) == 4 and len(study.directions) == 2
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            assert 0.01 < t.values[1] < 0.1  # params_m, added to every Tune result for the multi-objective study
+
+
+@pytest.mark.slow
+def test_a_sweep_name_cannot_be_reused(swept, tmp_path):
+    name, _, _ = swept
+    res = runner.invoke(app, ["sweep", str(write(tmp_path, "again.yaml", sweep_file(tmp_path))), "--name", name])
+    assert res.exit_code == 2, res.output
+    assert "already exists" in res.output and f"binsweep resume {name}" in res.output
+    assert len(parents(name)) == 1
