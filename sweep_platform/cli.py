@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,6 +39,7 @@ def _mount_groups() -> None:
 
     app.command("sweep")(sweep_cli.sweep)
     app.command("resume")(sweep_cli.resume)
+    app.command("submit")(sweep_cli.submit)
 
 
 _mount_groups()
@@ -61,78 +61,32 @@ def version() -> None:
         console.print(f"{name} {v}", highlight=False)
 
 
-class Loss(str, Enum):
-    mse = "mse"
-    ad = "ad"
-    hybrid = "hybrid"
-
-
-class Integration(str, Enum):
-    add = "add"
-    sub = "sub"
-    concat = "concat"
-
-
-class Sharing(str, Enum):
-    SP = "SP"
-    NSP = "NSP"
-
-
 @app.command()
 def demo(
-    epochs: Annotated[int, typer.Option(help="Training epochs, e.g. 6.", min=1)] = 6,
-    sounds: Annotated[int, typer.Option(help="Generated sounds, each rendered at every azimuth, e.g. 96.", min=4)] = 96,
-    preset: Annotated[str, typer.Option(help="Model size preset: bast_tiny, bast_small or bast_paper.")] = "bast_tiny",
-    sharing: Annotated[Sharing, typer.Option(help="SP shares TE-L and TE-R; NSP does not.")] = Sharing.NSP,
-    integration: Annotated[Integration, typer.Option(help="Interaural integration.")] = Integration.sub,
-    loss: Annotated[Loss, typer.Option(help="Training loss.")] = Loss.hybrid,
-    lr: Annotated[float, typer.Option(help="Adam learning rate, e.g. 1e-3.", min=0.0)] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Batch size, e.g. 32.", min=1)] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of data and initialisation.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the plots (default runs/demo).")] = None,
+    sweep: Annotated[Optional[Path], typer.Option(help="Sweep file to run (default: search_spaces/bast_smoke.yaml, "
+                                                  "6 trials of a tiny BAST with ASHA).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep name (default: the file's name plus a timestamp).")] = None,
+    clips: Annotated[int, typer.Option(help="Held-out test clips to predict at the end, e.g. 4.", min=1)] = 4,
+    model_name: Annotated[Optional[str], typer.Option(help="Registered model to promote into (default: the "
+                                                       "trainable's name, bast).")] = None,
 ) -> None:
-    """Train a small BAST on CPU on generated binaural data and print per-epoch loss and angular error.
+    """The whole platform in minutes on a laptop CPU: sweep, leaderboard, promotion, prediction.
 
-    Sounds from the built-in corpus are rendered at 36 azimuths with a spherical-head model; validation sounds
-    are never heard in training. Writes per-azimuth, hemifield, scatter and attention-rollout plots.
+    Builds the smoke dataset from measured KEMAR HRIRs if it is missing, sweeps a tiny BAST with Optuna and ASHA on
+    an embedded Ray (every trial an MLflow child run), prints the leaderboard, promotes the best model to
+    bast@champion through the paired-test gate, predicts a few held-out test clips, and says how to open the
+    MLflow UI and optuna-dashboard on the results. State goes under $BINSWEEP_HOME/runs (default ./runs).
     """
 
     def _run() -> None:
-        from rich.table import Table
+        import sys
 
-        from sweep_platform.paths import runs_dir
-        from trainables.bast.config import BASTConfig, LossConfig, TrainConfig, preset as make_preset
-        from trainables.bast.demo import make_dataset, train, write_analysis
-        from trainables.bast.model import count_parameters
+        from sweep_platform.demo import DEFAULT_SWEEP, run_demo
 
-        cfg = BASTConfig(
-            model=make_preset(preset, sharing=sharing.value, integration=integration.value),
-            loss=LossConfig(name=loss.value),
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-        )
-        out_dir = out or runs_dir() / "demo"
-        azimuths = list(range(0, 360, 10))
-        with console.status(f"rendering {sounds} generated sounds at {len(azimuths)} azimuths"):
-            train_set, val_set = make_dataset(sounds, azimuths, val_fraction=0.25, seed=seed)
-        console.print(
-            f"BAST-{sharing.value} {integration.value}, {loss.value} loss, preset {preset}: "
-            f"{len(train_set.spec)} training / {len(val_set.spec)} validation samples (validation sounds unseen)"
-        )
-        table = Table("epoch", "train loss", "val loss", "val AD (deg)", "val MSE", "seconds")
-
-        def on_epoch(r) -> None:
-            row = (str(r.epoch), f"{r.train_loss:.4f}", f"{r.val_loss:.4f}", f"{r.val_ad_deg:.2f}",
-                   f"{r.val_mse:.4f}", f"{r.seconds:.1f}")
-            table.add_row(*row)
-            console.print(f"epoch {r.epoch:>3}  train_loss {row[1]}  val_loss {row[2]}  val_ad_deg {row[3]}  "
-                          f"val_mse {row[4]}  ({row[5]} s)", highlight=False)
-
-        model, _ = train(cfg, train_set, val_set, on_epoch)
-        console.print(table)
-        console.print(f"{count_parameters(model):,} parameters (chance AD is 90°)")
-        files = write_analysis(model, val_set, out_dir)
-        for name, path in files.items():
-            console.print(f"  {name:<10} {path}", highlight=False)
+        code = run_demo(sweep or DEFAULT_SWEEP, name, clips=clips, model_name=model_name,
+                        say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+        if code:
+            sys.exit(code)
 
     run_guarded(_run)
 

@@ -107,3 +107,56 @@ def _report(outcome) -> None:
     if outcome.succeeded == 0:
         console.print("[red]no trial succeeded[/red]")
         sys.exit(1)
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="Sweep file inside the working directory, e.g. "
+                                         "search_spaces/bast_smoke.yaml.")],
+    name: Annotated[Optional[str], typer.Option(help="Sweep name (default: the file's name plus a timestamp); the "
+                                                "job's submission id is binsweep-NAME.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray dashboard / Jobs API, e.g. http://127.0.0.1:8265 "
+                                                   "(default: RAY_API_SERVER_ADDRESS, an http:// RAY_ADDRESS, or "
+                                                   "http://127.0.0.1:8265).")] = None,
+    working_dir: Annotated[Path, typer.Option(help="Folder uploaded as the job's working directory (.rayignore "
+                                              "keeps data/, runs/ and .venv out).")] = Path("."),
+    env: Annotated[Optional[list[str]], typer.Option(help="Extra KEY=VALUE for the job's environment (repeatable). "
+                                                     "MLFLOW_TRACKING_URI and BINSWEEP_RAY_STORAGE / "
+                                                     "BINSWEEP_OPTUNA_STORAGE of this shell go by themselves; "
+                                                     "credentials are refused.")] = None,
+    entrypoint_cpus: Annotated[float, typer.Option(help="CPUs reserved for the sweep driver.", min=0)] = 1.0,
+    driver_resource: Annotated[str, typer.Option(help="Custom resource that pins the driver to a node that stays "
+                                                 "(the head); '' to run it anywhere.")] = "sweep_driver",
+    max_failures: Annotated[int, typer.Option(help="Worker failures each trial recovers from.", min=0)] = 0,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream the job's logs until it ends; the "
+                                         "exit code is then the job's (0 SUCCEEDED, 1 otherwise).")] = False,
+) -> None:
+    """Submit a sweep to a running Ray cluster as a Ray job and print its id (`ray job submit` with binsweep's
+    defaults: driver pinned to the head, MLflow and storage settings in the job's environment).
+
+    Example: eval "$(cluster/local/start.sh)" && binsweep submit search_spaces/bast_smoke.yaml --follow
+    """
+
+    def _run() -> None:
+        from sweep_platform import jobs
+        from sweep_platform.space import load_sweep
+        from sweep_platform.sweep import default_name
+
+        req = jobs.JobRequest(
+            sweep_file=file, working_dir=working_dir, name=name or default_name(load_sweep(file)),
+            address=jobs.job_address(address), env=jobs.forwarded_env(jobs.parse_env(env or [])),
+            entrypoint_cpus=entrypoint_cpus, driver_resource=driver_resource or None, max_failures=max_failures)
+        job_id = jobs.submit(req)
+        console.print(f"submitted sweep [bold]{req.name}[/bold] to {req.address} as job {job_id}", highlight=False)
+        console.print(f"  same as: {req.command_line()}", highlight=False, soft_wrap=True, markup=False)
+        typer.echo(job_id)
+        if not follow:
+            console.print(f"  follow:  ray job logs --follow {job_id}   (or binsweep submit ... --follow)\n"
+                          f"  status:  ray job status {job_id}\n"
+                          f"  results: binsweep leaderboard --sweep {req.name}", highlight=False)
+            return
+        status = jobs.follow(req.address, job_id, typer.echo, driver_resource=req.driver_resource)
+        console.print(f"job {job_id}: {status}", highlight=False)
+        if status != "SUCCEEDED":
+            sys.exit(1)
+
+    run_guarded(_run)

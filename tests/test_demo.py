@@ -1,55 +1,98 @@
-"""The demo really trains: loss falls, AD drops well below chance, and the analysis files are real PNGs."""
+"""`binsweep demo` (what `make demo` runs) end to end on a smaller sweep file: a real sweep on embedded Ray, the
+leaderboard, a real promotion in the SQLite registry, predictions of WAV files from the held-out test split, and
+the hints to open MLflow and optuna-dashboard on what was written. The full bast_smoke.yaml demo is timed in
+bench/README.md; here two trials of two epochs keep it to about a minute."""
 
-import matplotlib.image
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pytest
-import torch
+import soundfile as sf
+import yaml
 from typer.testing import CliRunner
 
+from sweep_platform import paths, tracking
 from sweep_platform.cli import app
-from trainables.bast.config import BASTConfig, LossConfig, TrainConfig, preset
-from trainables.bast.demo import make_dataset, train
+from sweep_platform.demo import DEFAULT_SWEEP, angular_error, ui_hints, write_test_clips
+from sweep_platform.space import load_sweep
 
-AZIMUTHS = list(range(0, 360, 10))
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_dataset(48, AZIMUTHS, val_fraction=0.25, seed=0)
+pytestmark = pytest.mark.slow
 
 
-def test_dataset_is_split_by_sound(data):
-    train_set, val_set = data
-    assert train_set.spec.shape == (36 * 36, 2, 129, 61) and val_set.spec.shape == (12 * 36, 2, 129, 61)
-    assert torch.isfinite(train_set.spec).all()
-    # no validation clip is a training clip
-    tr = {tuple(np.round(s[0, :4, :4].flatten().numpy(), 4)) for s in train_set.spec[::36]}
-    va = {tuple(np.round(s[0, :4, :4].flatten().numpy(), 4)) for s in val_set.spec[::36]}
-    assert not tr & va
+def test_the_shipped_smoke_sweep_is_what_make_demo_runs():
+    spec = load_sweep(DEFAULT_SWEEP)
+    assert spec.trainable == "bast" and spec.trials >= 6 and spec.scheduler.type == "asha"
+    assert spec.resources.gpus_per_worker == 0 and spec.dataset_build is not None
+    assert "demo" in Path(DEFAULT_SWEEP).parents[1].joinpath("Makefile").read_text()
 
 
-@pytest.mark.slow
-def test_small_bast_learns(data):
-    cfg = BASTConfig(model=preset("bast_tiny"), loss=LossConfig(name="hybrid"),
-                     train=TrainConfig(epochs=6, batch_size=32, lr=1e-3))
-    _, history = train(cfg, *data)
-    assert history[-1].train_loss < history[0].train_loss
-    assert history[-1].val_ad_deg < 50.0, [round(h.val_ad_deg, 1) for h in history]  # chance is 90°
+def test_angular_error_wraps_around():
+    assert angular_error(350, 10) == 20 and angular_error(10, 350) == 20 and angular_error(90, 270) == 180
 
 
-def test_nan_loss_is_a_clear_error(data):
-    train_set, val_set = data
-    poisoned = type(train_set)(train_set.spec.clone(), train_set.target, train_set.azimuth)
-    poisoned.spec[0, 0, 0, 0] = float("nan")
-    cfg = BASTConfig(model=preset("bast_tiny"), train=TrainConfig(epochs=1, batch_size=len(poisoned.spec)))
-    with pytest.raises(FloatingPointError, match="epoch 1, step 0"):
-        train(cfg, poisoned, val_set)
+def test_ui_hints_name_the_stores_that_were_written():
+    mlflow_line, optuna_line = ui_hints()
+    assert f"ui --backend-store-uri sqlite:///{paths.runs_dir() / 'mlflow.db'}" in mlflow_line
+    assert "127.0.0.1" in mlflow_line
+    assert f"sqlite:///{paths.runs_dir() / 'optuna.db'}" in optuna_line and "optuna-dashboard" in optuna_line
 
 
-def test_demo_command_end_to_end(tmp_path):
-    res = CliRunner().invoke(app, ["demo", "--epochs", "2", "--sounds", "8", "--out", str(tmp_path)])
+def test_demo_sweeps_ranks_promotes_and_predicts(tmp_path):
+    data = yaml.safe_load(DEFAULT_SWEEP.read_text())
+    data.update(name="demo_small", dataset="data/demo_small", trials=2, concurrency=2,
+                scheduler={"type": "asha", "grace_epochs": 1, "max_epochs": 2, "reduction_factor": 2})
+    data["base"]["train"]["epochs"] = 2
+    sweep_file = tmp_path / "demo_small.yaml"
+    sweep_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    res = CliRunner().invoke(app, ["demo", "--sweep", str(sweep_file), "--name", "demo-test", "--clips", "3",
+                                   "--model-name", "bast_demo"])
+    out = res.output.replace("\n", " ")
     assert res.exit_code == 0, res.output
-    assert "epoch   1" in res.output and "epoch   2" in res.output and "val_ad_deg" in res.output
-    for name in ("ad_per_azimuth", "hemifield", "predictions", "attention_rollout"):
-        img = matplotlib.image.imread(tmp_path / f"{name}.png")
-        assert img.shape[0] > 100 and img.std() > 0
+    for step in ("1/4 sweep", "2/4 leaderboard", "3/4 promote", "4/4 predict"):
+        assert step in out, step
+    assert "promoted: bast_demo@champion -> version 1" in out
+
+    # the alias is real and points at the best trial's logged model
+    c = tracking.client()
+    version = c.get_model_version_by_alias("bast_demo", "champion")
+    assert version.tags["binsweep.sweep_id"] == "demo-test" and version.source.startswith("models:/m-")
+    mlflow.pytorch.load_model("models:/bast_demo@champion")
+
+    # three held-out clips at three azimuths, each predicted
+    clips = sorted((paths.runs_dir() / "demo" / "demo-test").glob("*.wav"))
+    assert len(clips) == 3
+    lines = re.findall(r"test_\d\d_az(\d{3})\.wav\s+true\s+(\d+)°\s+predicted\s+([\d.]+)°", out)
+    assert len(lines) == 3 and len({az for az, _, _ in lines}) == 3
+    for az, true, pred in lines:
+        assert int(az) == int(true) and 0 <= float(pred) < 360
+    wave, rate = sf.read(str(clips[0]))
+    assert rate == 16000 and wave.shape == (8000, 2)
+
+    assert "optuna-dashboard" in out and "ui --backend-store-uri" in out
+    assert "binsweep leaderboard --sweep demo-test" in out
+
+
+def test_test_clips_come_from_the_test_split_only(tmp_path):
+    from trainables.localization.builder import LocalizationBuildConfig, build
+
+    root = tmp_path / "loc"
+    build(LocalizationBuildConfig(generated_sounds=8, azimuths=(0, 90, 180, 270), environments=("anechoic",),
+                                  test_fraction=0.25, shard_rows=16, seed=3), root)
+    import pyarrow.parquet as pq
+
+    from trainables.localization import shards
+
+    test_sounds = set()
+    for f in shards.load_manifest(root).shards("test"):
+        test_sounds |= set(pq.read_table(f, columns=["sound_id"]).column("sound_id").to_pylist())
+    clips = write_test_clips(root, tmp_path / "wav", 4)
+    assert sorted(c.azimuth_deg for c in clips) == [0, 90, 180, 270]
+    assert all(c.sound_id in test_sounds for c in clips)
+    for c in clips:
+        wave, _ = sf.read(str(c.path))
+        assert wave.shape == (8000, 2) and np.abs(wave).max() > 0

@@ -1,11 +1,13 @@
-"""cluster/local/start.sh and stop.sh for real: a Ray head plus one extra node and an MLflow server on loopback.
+"""The cluster path end to end, for real: cluster/local/start.sh (a Ray head plus one extra node, an MLflow server on
+PostgreSQL when the machine has it), a smoke sweep submitted with `ray job submit` exactly as the README writes it,
+the results read back through MLflow's REST API, promotion and prediction through the server, `binsweep submit`,
+and cluster/local/stop.sh leaving no port open and no process behind.
 
-One test, about 45-60 s on 2 cores: start, check the dashboard (token auth) and MLflow answer on 127.0.0.1 and on
-nothing wider, submit a job that needs the head's `sweep_driver` resource and logs to the server, start again (a
-no-op), stop, check that every port is closed and every process is gone. It uses its own BINSWEEP_HOME and free
-ports, so it neither meets the embedded Ray of other tests nor a cluster someone runs on the default ports.
-The MLflow backend is whatever `--backend auto` finds: PostgreSQL when initdb/pg_ctl and a Python driver are there
-(as root only if the `postgres` OS user exists), else SQLite; the test checks that the choice is the expected one.
+The tests share one cluster (module fixture) and run in file order. It uses its own BINSWEEP_HOME and free ports,
+so it meets neither the embedded Ray of other tests nor a cluster someone runs on the default ports. The MLflow
+backend is whatever `--backend auto` finds: PostgreSQL when initdb/pg_ctl and a Python driver are there (as root
+only if the `postgres` OS user exists; .ci/run installs PostgreSQL where it can), else SQLite; the test checks that
+the choice is the expected one. About 2-3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "cluster" / "local"
+SWEEP_NAME = "e2e-smoke"
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or shutil.which("bash") is None or shutil.which("ss") is None,
-    reason="needs Linux, bash and ss (iproute2)",
-)
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
 
 
 def _free_ports(n: int) -> list[int]:
@@ -51,16 +55,29 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _hex_to_host(addr: str) -> str:
+    """A /proc/net/tcp{,6} address (little-endian 32-bit words in hex) -> 127.0.0.1, 0.0.0.0, ::, ::ffff:127.0.0.1."""
+    import ipaddress
+
+    raw = bytes.fromhex(addr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
 def _listeners(port: int) -> list[str]:
-    """Local addresses listening on TCP `port`, as `ss -ltnH` shows them (127.0.0.1, 0.0.0.0, *, [::], ...)."""
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    """Local addresses listening on TCP `port`, read from the kernel's socket tables (no ss or netstat needed)."""
     hosts = []
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 4:
-            host, _, p = fields[3].rpartition(":")
-            if p == str(port):
-                hosts.append(host)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            addr, _, p = local.rpartition(":")
+            if state == "0A" and int(p, 16) == port:  # 0A = LISTEN
+                hosts.append(_hex_to_host(addr))
     return hosts
 
 
@@ -71,10 +88,16 @@ def _http(url: str, token: str | None = None, data: dict | None = None) -> tuple
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
+
+
+def _rest(base: str, path: str, data: dict | None = None) -> dict:
+    status, body = _http(f"{base}/api/2.0/mlflow/{path}", data=data)
+    assert status == 200, (path, status, body[:2000])
+    return json.loads(body)
 
 
 def _token() -> str:
@@ -101,93 +124,227 @@ def _exports(stdout: str) -> dict[str, str]:
     return env
 
 
-def test_local_cluster_start_job_stop():
+def _tag(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == key), None)
+
+
+def _metrics(run: dict) -> dict[str, float]:
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+
+def _ray(*args: str, env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """The `ray` CLI of this interpreter (`ray` itself may not be on PATH)."""
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _binsweep(*args: str, env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweep_platform", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _smoke_sweep() -> dict:
+    """The shipped smoke sweep, cut to two trials of two epochs so the suite stays short."""
+    data = yaml.safe_load((REPO / "search_spaces" / "bast_smoke.yaml").read_text())
+    data.update(name="e2e_smoke", dataset="data/e2e_loc", trials=2, concurrency=2,
+                scheduler={"type": "asha", "grace_epochs": 1, "max_epochs": 2, "reduction_factor": 2})
+    data["base"]["train"]["epochs"] = 2
+    return data
+
+
+def _working_dir(root: Path) -> Path:
+    """What `--working-dir .` uploads from a checkout: the code, the search spaces, .rayignore; plus the things
+    .rayignore must keep out (a dataset, runs, a virtual environment)."""
+    wd = root / "checkout"
+    for part in ("sweep_platform", "trainables", "search_spaces"):
+        shutil.copytree(REPO / part, wd / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in (".rayignore", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, wd / f)
+    (wd / "search_spaces" / "e2e_smoke.yaml").write_text(yaml.safe_dump(_smoke_sweep(), sort_keys=False))
+    for junk in ("data/big.bin", "runs/mlflow.db", ".venv/lib/big.so"):
+        (wd / junk).parent.mkdir(parents=True, exist_ok=True)
+        (wd / junk).write_bytes(os.urandom(1024) * 12 * 1024)  # 12 MiB each: Ray would warn about every one
+    return wd
+
+
+# ------------------------------------------------------------------------------------------------------ cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
     t0 = time.monotonic()
     # a home that the postgres OS user can traverse when the test runs as root (pytest's tmp dirs are 0700)
     home = Path(tempfile.mkdtemp(prefix="bsc-"))
     home.chmod(0o755)
+    # the KEMAR cache of the test session, so the job's dataset build needs no download
+    from trainables.acoustics.hrtf import default_cache_dir, kemar
+
+    kemar()
+    shutil.copytree(default_cache_dir(), home / "data" / "cache" / "hrtf")
     gcs, dash, client, agent, mlflow_port, pg = _free_ports(6)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "MLFLOW_TRACKING", "BINSWEEP_"))}
     env.update(BINSWEEP_HOME=str(home), BINSWEEP_PYTHON=sys.executable)
-    args = [str(LOCAL / "start.sh"), "--num-cpus", "2", "--workers", "1", "--worker-cpus", "1",
+    args = [str(LOCAL / "start.sh"), "--num-cpus", "4", "--workers", "1", "--worker-cpus", "1",
             "--port", str(gcs), "--dashboard-port", str(dash), "--client-port", str(client),
             "--agent-port", str(agent), "--mlflow-port", str(mlflow_port), "--mlflow-workers", "1",
-            "--pg-port", str(pg), "--object-store-mb", "100"]
-    run_dir = home / "runs" / "cluster"
+            "--pg-port", str(pg), "--object-store-mb", "150"]
+    info = {"home": home, "env": env, "args": args, "ports": (gcs, dash, client, agent, agent + 1, mlflow_port),
+            "run_dir": home / "runs" / "cluster", "t0": t0}
     try:
-        started = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, started.stderr[-4000:]
-        t_start = time.monotonic() - t0
-
-        # stdout is nothing but the exports a client needs
-        exports = _exports(started.stdout)
-        assert exports == {
-            "RAY_AUTH_MODE": "token",
-            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
-            "RAY_ADDRESS": f"127.0.0.1:{gcs}",
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-            "BINSWEEP_HOME": str(home),
-            "BINSWEEP_RAY_STORAGE": str(home / "runs" / "ray"),
-        }, started.stdout
-        assert all(line.startswith(("export ", "#")) for line in started.stdout.splitlines() if line)
-        assert (run_dir / "env.sh").read_text() == started.stdout
-        assert (run_dir / "mlflow.backend").read_text().strip() == _expected_backend()
-
-        # Ray dashboard / job API: token auth on, loopback only
-        token = _token()
-        status, _ = _http(f"http://127.0.0.1:{dash}/api/version")
-        assert status == 401
-        status, body = _http(f"http://127.0.0.1:{dash}/api/version", token=token)
-        assert status == 200 and json.loads(body)["ray_version"] == "2.60.0", body
-        # MLflow server
-        assert _http(f"http://127.0.0.1:{mlflow_port}/health")[0] == 200
-        status, _ = _http(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search", data={"max_results": 1})
-        assert status == 200
-        for port in (dash, mlflow_port):
-            hosts = _listeners(port)
-            assert hosts and set(hosts) <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, (port, hosts)
-
-        # a job: the client finds the cluster through the exports, the entrypoint gets the head's sweep_driver,
-        # sees both nodes and the cluster's environment, and logs to the server
-        job_env = {**env, **exports}
-        code = (
-            "import json, os, ray, mlflow\n"
-            "ray.init()\n"
-            "nodes = [n for n in ray.nodes() if n['Alive']]\n"
-            "mlflow.set_experiment('local-cluster-test')\n"
-            "with mlflow.start_run() as run:\n"
-            "    mlflow.log_metric('x', 1.0)\n"
-            "print('RESULT', json.dumps({'nodes': len(nodes), 'run': run.info.run_id,\n"
-            "    'sweep_driver': ray.cluster_resources().get('sweep_driver'),\n"
-            "    'env': {k: os.environ.get(k) for k in ('MLFLOW_TRACKING_URI', 'BINSWEEP_HOME', 'RAY_AUTH_MODE')}}))\n"
-        )
-        job = subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--entrypoint-num-cpus", "1",
-             "--entrypoint-resources", '{"sweep_driver": 1}', "--", "python", "-c", code],
-            env=job_env, capture_output=True, text=True, timeout=120, cwd=home)
-        assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
-        line = next(x for x in job.stdout.splitlines() if x.startswith("RESULT "))
-        result = json.loads(line[len("RESULT "):])
-        assert result["nodes"] == 2 and result["sweep_driver"] == 1
-        assert result["env"] == {"MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
-                                 "BINSWEEP_HOME": str(home), "RAY_AUTH_MODE": "token"}
-        status, body = _http(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/get?run_id={result['run']}")
-        assert status == 200 and json.loads(body)["run"]["data"]["metrics"][0]["key"] == "x"
-        t_job = time.monotonic() - t0 - t_start
-
-        # starting again changes nothing
-        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-        assert again.returncode == 0, again.stderr[-2000:]
-        assert again.stderr.count("already running") == 3, again.stderr
-        pids = {p.name: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
-        assert set(pids) == {"ray-head.pid", "ray-worker-1.pid", "mlflow.pid"}
+        info["started"] = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+        info["t_start"] = time.monotonic() - t0
+        info["exports"] = _exports(info["started"].stdout)
+        info["job_env"] = {**env, **info["exports"]}
+        yield info
     finally:
-        stopped = subprocess.run([str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
-    t_total = time.monotonic() - t0
+        info["stopped"] = subprocess.run([str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True,
+                                         timeout=180)
+        ray_link = info["run_dir"] / "logs" / "ray"
+        if ray_link.is_symlink():  # Ray's private temp dir (its session logs) outlives stop.sh on purpose
+            shutil.rmtree(Path(os.readlink(ray_link)).parents[1], ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
-    for port in (gcs, dash, client, agent, agent + 1, mlflow_port):
+
+def test_start_brings_up_ray_and_mlflow_on_loopback_with_token_auth(cluster):
+    started = cluster["started"]
+    assert started.returncode == 0, started.stderr[-4000:]
+    home, (gcs, dash, _, _, _, mlflow_port) = cluster["home"], cluster["ports"]
+    # stdout is nothing but the exports a client needs
+    assert cluster["exports"] == {
+        "RAY_AUTH_MODE": "token",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+        "RAY_ADDRESS": f"127.0.0.1:{gcs}",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "BINSWEEP_HOME": str(home),
+        "BINSWEEP_RAY_STORAGE": str(home / "runs" / "ray"),
+    }, started.stdout
+    assert all(line.startswith(("export ", "#")) for line in started.stdout.splitlines() if line)
+    assert (cluster["run_dir"] / "env.sh").read_text() == started.stdout
+    assert (cluster["run_dir"] / "mlflow.backend").read_text().strip() == _expected_backend()
+
+    # Ray dashboard / job API: token auth on, loopback only
+    assert _http(f"http://127.0.0.1:{dash}/api/version")[0] == 401
+    status, body = _http(f"http://127.0.0.1:{dash}/api/version", token=_token())
+    assert status == 200 and json.loads(body)["ray_version"] == "2.60.0", body
+    assert _http(f"http://127.0.0.1:{mlflow_port}/health")[0] == 200
+    for port in (dash, mlflow_port):
+        hosts = _listeners(port)
+        assert hosts and set(hosts) <= {"127.0.0.1", "::ffff:127.0.0.1"}, (port, hosts)
+
+
+def test_readme_ray_job_submit_runs_a_smoke_sweep_logged_to_the_server(cluster):
+    """`ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m sweep_platform sweep FILE` from a
+    checkout, with only the exports of start.sh in the environment (README, "Scale out")."""
+    assert cluster["started"].returncode == 0
+    env, dash = cluster["job_env"], cluster["ports"][1]
+    wd = _working_dir(cluster["home"])
+    t0 = time.monotonic()
+    job = _ray("job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+               "--submission-id", SWEEP_NAME, "--", "python", "-m", "sweep_platform", "sweep",
+               "search_spaces/e2e_smoke.yaml", "--name", SWEEP_NAME, env=env, cwd=wd, timeout=420)
+    cluster["t_sweep"] = time.monotonic() - t0
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, out[-6000:]
+    status = _ray("job", "status", SWEEP_NAME, env=env, cwd=wd, timeout=60)
+    assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+    assert "2 trials" in out and f"binsweep leaderboard --sweep {SWEEP_NAME}" in out.replace("\n", "")
+    # what the node unpacked as the job's working dir: the code and the sweep file, not the 36 MiB that .rayignore
+    # keeps out (data/, runs/, .venv/)
+    session = Path(os.readlink(cluster["run_dir"] / "logs" / "ray")).parent
+    unpacked = [p.parents[1] for p in session.glob("runtime_resources/working_dir_files/*/search_spaces/e2e_smoke.yaml")]
+    assert len(unpacked) == 1, list(session.glob("runtime_resources/*/*"))
+    assert (unpacked[0] / "sweep_platform" / "sweep.py").is_file()
+    assert not any((unpacked[0] / d).exists() for d in ("data", "runs", ".venv"))
+
+    base = env["MLFLOW_TRACKING_URI"]
+    exp = _rest(base, "experiments/get-by-name?experiment_name=binsweep-bast")["experiment"]
+    runs = _rest(base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    parents = [r for r in runs if _tag(r, "binsweep.role") == "sweep"]
+    assert len(parents) == 1 and _tag(parents[0], "binsweep.sweep_id") == SWEEP_NAME
+    parent = parents[0]
+    assert parent["info"]["status"] == "FINISHED" and _tag(parent, "binsweep.state") == "finished"
+    children = [r for r in runs if _tag(r, "mlflow.parentRunId") == parent["info"]["run_id"]]
+    assert len(children) == 2
+    # the trials ran on the cluster, not in a temporary unpacked working dir: checkpoints under its storage
+    storage = Path(cluster["exports"]["BINSWEEP_RAY_STORAGE"])
+    for child in children:
+        m = _metrics(child)
+        assert _tag(child, "binsweep.state") in ("completed", "stopped")
+        assert 0 <= m["test_ad_deg"] <= 180 and m["params_m"] > 0
+        hist = _rest(base, f"metrics/get-history?run_id={child['info']['run_id']}&metric_key=val_ad_deg")
+        assert [int(h["step"]) for h in hist["metrics"]] in ([1], [1, 2])
+        assert Path(_tag(child, "binsweep.best_checkpoint")).is_relative_to(storage)
+    models = _rest(base, "logged-models/search", {"experiment_ids": [exp["experiment_id"]]})["models"]
+    assert {m["info"]["source_run_id"] for m in models} == {c["info"]["run_id"] for c in children}
+    cluster["experiment_id"] = exp["experiment_id"]
+
+
+def test_promote_and_predict_through_the_server(cluster):
+    assert cluster.get("experiment_id"), "the sweep did not run"
+    env, home = cluster["job_env"], cluster["home"]
+    promoted = _binsweep("promote", "--sweep", SWEEP_NAME, env=env, cwd=home, timeout=180)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert "promoted: bast@champion -> version 1" in promoted.stdout
+    base = env["MLFLOW_TRACKING_URI"]
+    alias = _rest(base, "registered-models/alias?name=bast&alias=champion")["model_version"]
+    assert alias["version"] == "1" and alias["source"].startswith("models:/m-")
+
+    from sweep_platform.demo import write_test_clips
+
+    clips = write_test_clips(home / "data" / "e2e_loc", home / "clips", 2)
+    predicted = _binsweep("predict", "models:/bast@champion", *[str(c.path) for c in clips], env=env, cwd=home,
+                          timeout=120)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    lines = [ln.split() for ln in predicted.stdout.splitlines() if ln.strip()]
+    assert [ln[0] for ln in lines] == [str(c.path) for c in clips]
+    assert all(0 <= float(ln[1]) < 360 for ln in lines)
+
+
+def test_binsweep_submit_checks_first_then_submits_and_follows(cluster):
+    env, home = cluster["job_env"], cluster["home"]
+    wd = home / "checkout"
+    assert wd.is_dir(), "the README sweep did not run"
+    before = _ray("job", "list", env=env, cwd=wd, timeout=60).stdout
+
+    bad = wd / "search_spaces" / "bad.yaml"
+    bad.write_text("name: bad\ntrainable: bast\ntrials: 0\n")
+    res = _binsweep("submit", str(bad.relative_to(wd)), env=env, cwd=wd, timeout=60)
+    assert res.returncode == 2 and "bad.yaml" in res.stderr + res.stdout and "trials" in res.stderr + res.stdout
+    leaky = _binsweep("submit", "search_spaces/e2e_smoke.yaml", "--env",
+                      "MLFLOW_TRACKING_URI=http://me:s3cret@mlflow:5000", env=env, cwd=wd, timeout=60)
+    assert leaky.returncode == 2 and "s3cret" not in leaky.stdout + leaky.stderr, leaky.stdout + leaky.stderr
+    assert "password" in leaky.stdout + leaky.stderr
+    assert _ray("job", "list", env=env, cwd=wd, timeout=60).stdout.count("submission_id") == \
+        before.count("submission_id")  # neither reached the cluster
+
+    # a sweep whose dataset is missing: submitted, pinned to the head's sweep_driver, fails on the cluster with the
+    # driver's own message, and --follow returns the job's failure as exit code 1
+    nodata = _smoke_sweep()
+    nodata.pop("dataset_build")
+    nodata["dataset"] = "data/not_there"
+    (wd / "search_spaces" / "nodata.yaml").write_text(yaml.safe_dump(nodata))
+    res = _binsweep("submit", "search_spaces/nodata.yaml", "--name", "nodata", "--follow", env=env, cwd=wd,
+                    timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-4000:]
+    assert "binsweep-nodata" in out and "FAILED" in out and "no dataset at" in out.replace("\n", "")
+    info = _ray("job", "status", "binsweep-nodata", env=env, cwd=wd, timeout=60)
+    assert "FAILED" in info.stdout + info.stderr
+
+
+def test_start_again_is_a_noop_and_stop_ends_everything(cluster):
+    args, env, run_dir = cluster["args"], cluster["env"], cluster["run_dir"]
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("already running") == 3, again.stderr
+    pids = {p.name: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
+    assert set(pids) == {"ray-head.pid", "ray-worker-1.pid", "mlflow.pid"}
+
+    stopped = subprocess.run([str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=180)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stderr
+    for port in cluster["ports"]:
         assert _listeners(port) == [], (port, _listeners(port))
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, port
@@ -197,10 +354,7 @@ def test_local_cluster_start_job_stop():
                  and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[0]]
         assert not alive, (name, alive)
     assert not list((run_dir / "pids").glob("*.pid"))
-    assert "stopped" in stopped.stderr
-    print(f"local cluster: start {t_start:.1f}s, job {t_job:.1f}s, total with stop {t_total:.1f}s")
-    # Ray's private temp dir (/tmp/binsweep-ray-<uid>-<hash>, its session logs) outlives stop.sh on purpose
-    ray_tmp = Path(os.readlink(run_dir / "logs" / "ray")).parents[1]
-    assert ray_tmp.name.startswith("binsweep-ray-")
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    shutil.rmtree(home, ignore_errors=True)
+    if (run_dir / "pg" / "data" / "postmaster.pid").exists():
+        raise AssertionError("PostgreSQL is still running")
+    print(f"local cluster: start {cluster['t_start']:.1f}s, README sweep job {cluster.get('t_sweep', 0):.1f}s, "
+          f"total {time.monotonic() - cluster['t0']:.1f}s")
