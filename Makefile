@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/binsweep demo
 
+# Two test processes, a file each at a time: most of the suite waits on Ray, MLflow and subprocess start-up (one
+# process keeps 2 cores about half busy), so two halve the wall time without oversubscribing the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/bast_step.py --preset bast_small --batch 16

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from sweep_platform.errors import run_guarded
+from sweep_platform.errors import make_console, run_guarded
 
 app = typer.Typer(
     name="binsweep",
@@ -19,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = make_console()
 
 
 def _mount_groups() -> None:

@@ -9,6 +9,17 @@ from rich.console import Console
 
 err_console = Console(stderr=True)
 
+LOG_WIDTH = 160  # columns for tables written off a terminal
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console that keeps tables readable where output is not a terminal (CI logs, `ray job logs`, pipes):
+    rich would wrap them at 80 columns there. COLUMNS, when set, still decides."""
+    stream = sys.stderr if stderr else sys.stdout
+    if "COLUMNS" in os.environ or stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=LOG_WIDTH)
+
 USAGE_ERROR = 2  # bad input: config, YAML, flags
 RUN_ERROR = 1  # the work itself failed
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from sweep_platform.errors import USAGE_ERROR, err_console, run_guarded
+from sweep_platform.errors import USAGE_ERROR, err_console, make_console, run_guarded
 
 
 class Format(str, Enum):
@@ -46,7 +45,7 @@ def leaderboard(
         from sweep_platform import leaderboard as lb
         from sweep_platform import paper_results
 
-        console = Console()  # made here, so COLUMNS is read when the command runs
+        console = make_console()  # made here, so COLUMNS is read when the command runs
         ref = lb.find_sweep(sweep, trainable)
         rows = lb.leaderboard(ref, metric=metric, top=top, compare_paper=compare_paper)
         if format is Format.table:
@@ -132,7 +131,7 @@ def models(
 
         from sweep_platform.registry_ops import list_versions
 
-        console = Console()
+        console = make_console()
         rows = list_versions(name)
         if format is Format.json:
             typer.echo(json.dumps(rows, indent=2))

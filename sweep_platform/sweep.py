@@ -272,10 +272,11 @@ class ProgressTable(Callback):
         return {"sweep_name": self.sweep_name, "spec": self.spec, "_runtime": None}
 
     def setup(self, **info):
-        from rich.console import Console
         from rich.live import Live
 
-        console = Console()
+        from sweep_platform.errors import make_console
+
+        console = make_console()
         live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
         if live is not None:
             live.start()

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from sweep_platform.errors import run_guarded
+from sweep_platform.errors import make_console, run_guarded
 
-console = Console()
+console = make_console()
 
 INTERRUPTED_EXIT = 130
 

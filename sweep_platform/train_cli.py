@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from sweep_platform.errors import run_guarded
+from sweep_platform.errors import make_console, run_guarded
 
-console = Console()
+console = make_console()
 
 
 def _summary_table(outcome, primary: str) -> Table:

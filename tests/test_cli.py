@@ -13,7 +13,8 @@ runner = CliRunner()
 def test_console_script_help_lists_commands():
     res = subprocess.run([str(BINSWEEP), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    for command in ("version", "demo"):
+    for command in ("version", "demo", "data", "train", "sweep", "resume", "submit", "leaderboard", "report",
+                    "promote", "models", "predict", "binauralize"):
         assert command in res.stdout
 
 
@@ -31,13 +32,16 @@ def test_python_dash_m_entry_point():
     assert res.returncode == 0 and "demo" in res.stdout
 
 
-def test_unknown_preset_is_a_clear_usage_error():
-    res = runner.invoke(app, ["demo", "--preset", "huge", "--epochs", "1", "--sounds", "4"])
-    assert res.exit_code == 2
-    assert "unknown BAST preset 'huge'" in res.output and "bast_tiny" in res.output
+def test_demo_with_a_missing_sweep_file_is_a_clear_usage_error(tmp_path):
+    res = runner.invoke(app, ["demo", "--sweep", str(tmp_path / "nowhere.yaml")])
+    assert res.exit_code == 2, res.output
+    assert "nowhere.yaml" in res.output.replace("\n", "")
 
 
-def test_bad_choice_is_rejected_by_the_parser():
-    res = runner.invoke(app, ["demo", "--integration", "multiply"])
-    assert res.exit_code == 2
-    assert "multiply" in res.output
+def test_demo_with_a_bad_sweep_file_names_the_key_and_starts_nothing(tmp_path):
+    bad = tmp_path / "bad_demo.yaml"
+    bad.write_text("name: bad_demo\ntrainable: bast\ntrials: 2\nscheduler: {type: sometimes}\n")
+    res = runner.invoke(app, ["demo", "--sweep", str(bad)])
+    assert res.exit_code == 2, res.output
+    assert "bad_demo.yaml" in res.output and "scheduler" in res.output
+    assert "1/4 sweep" not in res.output  # refused before the sweep began

@@ -334,10 +334,14 @@ if [ "$WORKERS" -gt 0 ]; then
         : >"$LOG_DIR/ray-worker-$i.log"
         log "starting Ray worker node $i ($WORKER_CPUS CPUs)"
         # One machine, several raylets: the node-manager, object-manager and agent gRPC ports are random; only the
-        # agent's HTTP port has a fixed default (52365), so each node gets its own.
+        # agent's HTTP port has a fixed default (52365), so each node gets its own. Each node also gets its own temp
+        # dir: in a shared one, a node that holds no reference to a job's working_dir package garbage-collects the
+        # unpacked copy that a job on another node is running from (seen: the sweep driver lost its own files).
+        mkdir -p "$RAY_TMP-w$i"
+        chmod 700 "$RAY_TMP-w$i"
         (cd "$RUN_DIR/cwd" && detach "$LOG_DIR/ray-worker-$i.log" "$pidfile" \
             "$PY" -m ray.scripts.scripts start --address="$HOST:$GCS_PORT" --num-cpus="$WORKER_CPUS" --num-gpus=0 \
-            --dashboard-agent-listen-port="$((AGENT_PORT + i))" "${ray_common[@]}")
+            --dashboard-agent-listen-port="$((AGENT_PORT + i))" --temp-dir="$RAY_TMP-w$i" "${ray_common[@]}")
         started+=("$pidfile")
     done
     for i in $(seq 1 "$WORKERS"); do
