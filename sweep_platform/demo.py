@@ -95,6 +95,8 @@ def ui_hints() -> list[str]:
 def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str | None,
              say: Callable[[object], None]) -> int:
     """Run the demo; returns the process exit code (0 when every step worked)."""
+    from rich.markup import escape
+
     from sweep_platform import leaderboard as lb
     from sweep_platform.registry_ops import PromotionRefused, predict_files, promote
     from sweep_platform.space import load_sweep
@@ -114,12 +116,15 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
         return 130
     if outcome.succeeded == 0:
         for line in lb.failed_lines(outcome.trials):
-            say(f"failed: {line}")
+            say(f"failed: {escape(line)}")
         say("[red]no trial succeeded; nothing to promote[/red]")
         return 1
 
     say("\n[bold]2/4 leaderboard[/bold] (from MLflow)")
-    say(lb.to_table(lb.leaderboard(name), title=f"sweep {name}"))
+    rows = lb.leaderboard(name)
+    say(lb.to_table(rows, title=f"sweep {name}"))
+    for line in lb.failed_lines(rows):
+        say(f"[red]failed[/red] {escape(line)}")
 
     say("\n[bold]3/4 promote[/bold] the best trial through the gate")
     registered = model_name or spec.trainable

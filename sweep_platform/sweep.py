@@ -497,6 +497,7 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
                 progress: bool = True, say=lambda text: None) -> SweepOutcome:
     """Validate the sweep file, build its dataset when missing, then run it to the end (or until Ctrl-C)."""
     spec = load_sweep(path)  # every problem at once, before anything is created
+    sweep_file = Path(path).read_text()  # the text that was validated, logged as the parent run's sweep.yaml
     name = name or default_name(spec)
     if not _NAME.match(name):
         raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
@@ -509,7 +510,6 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     base = resolve_data_root(trial_model_config(spec, {}))  # the base config and its dataset, checked once here
     cluster = ray_runtime.ensure_ray()
     conc = concurrency(spec, cluster)
-    sweep_file = Path(path).read_text()
     exp_id, parent = mc.create_parent_run(name, spec, sweep_file=sweep_file, concurrency=conc,
                                           optuna_storage=optuna_storage(), fingerprint=_dataset_fingerprint(base))
     ctx = SweepContext(name=name, spec=spec, sweep_file=sweep_file, max_failures=max_failures,

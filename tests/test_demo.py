@@ -1,7 +1,8 @@
 """`binsweep demo` (what `make demo` runs) end to end on a smaller sweep file: a real sweep on embedded Ray, the
 leaderboard, a real promotion in the SQLite registry, predictions of WAV files from the held-out test split, and
-the hints to open MLflow and optuna-dashboard on what was written. The full bast_smoke.yaml demo is timed in
-bench/README.md; here two trials of two epochs keep it to about a minute."""
+the hints to open MLflow and optuna-dashboard on what was written. It runs test_sweep.py's tiny sweep file (four
+trials of three epochs), so one sweep serves both modules; the full bast_smoke.yaml demo is timed in
+bench/README.md."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ import mlflow
 import numpy as np
 import pytest
 import soundfile as sf
-import yaml
-from typer.testing import CliRunner
-
 from sweep_platform import paths, tracking
-from sweep_platform.cli import app
 from sweep_platform.demo import DEFAULT_SWEEP, angular_error, ui_hints, write_test_clips
 from sweep_platform.space import load_sweep
+from test_sweep import demo_run
 
 pytestmark = pytest.mark.slow
 
@@ -41,30 +39,24 @@ def test_ui_hints_name_the_stores_that_were_written():
     assert f"sqlite:///{paths.runs_dir() / 'optuna.db'}" in optuna_line and "optuna-dashboard" in optuna_line
 
 
-def test_demo_sweeps_ranks_promotes_and_predicts(tmp_path):
-    data = yaml.safe_load(DEFAULT_SWEEP.read_text())
-    data.update(name="demo_small", dataset="data/demo_small", trials=2, concurrency=2,
-                scheduler={"type": "asha", "grace_epochs": 1, "max_epochs": 2, "reduction_factor": 2})
-    data["base"]["train"]["epochs"] = 2
-    sweep_file = tmp_path / "demo_small.yaml"
-    sweep_file.write_text(yaml.safe_dump(data, sort_keys=False))
-
-    res = CliRunner().invoke(app, ["demo", "--sweep", str(sweep_file), "--name", "demo-test", "--clips", "3",
-                                   "--model-name", "bast_demo"])
+def test_demo_sweeps_ranks_promotes_and_predicts():
+    """The demo on test_sweep.py's tiny sweep file (one run serves both modules): four trials, one diverging."""
+    name, res, _ = demo_run()
     out = res.output.replace("\n", " ")
     assert res.exit_code == 0, res.output
     for step in ("1/4 sweep", "2/4 leaderboard", "3/4 promote", "4/4 predict"):
         assert step in out, step
     assert "promoted: bast_demo@champion -> version 1" in out
+    assert "failed" in out and "FloatingPointError" in out  # the diverging trial is named, the demo goes on
 
     # the alias is real and points at the best trial's logged model
     c = tracking.client()
     version = c.get_model_version_by_alias("bast_demo", "champion")
-    assert version.tags["binsweep.sweep_id"] == "demo-test" and version.source.startswith("models:/m-")
+    assert version.tags["binsweep.sweep_id"] == name and version.source.startswith("models:/m-")
     mlflow.pytorch.load_model("models:/bast_demo@champion")
 
     # three held-out clips at three azimuths, each predicted
-    clips = sorted((paths.runs_dir() / "demo" / "demo-test").glob("*.wav"))
+    clips = sorted((paths.runs_dir() / "demo" / name).glob("*.wav"))
     assert len(clips) == 3
     lines = re.findall(r"test_\d\d_az(\d{3})\.wav\s+true\s+(\d+)°\s+predicted\s+([\d.]+)°", out)
     assert len(lines) == 3 and len({az for az, _, _ in lines}) == 3
@@ -74,7 +66,7 @@ def test_demo_sweeps_ranks_promotes_and_predicts(tmp_path):
     assert rate == 16000 and wave.shape == (8000, 2)
 
     assert "optuna-dashboard" in out and "ui --backend-store-uri" in out
-    assert "binsweep leaderboard --sweep demo-test" in out
+    assert f"binsweep leaderboard --sweep {name}" in out
 
 
 def test_test_clips_come_from_the_test_split_only(tmp_path):

@@ -1,15 +1,20 @@
 """`binsweep sweep`: a real Ray Tune sweep (Train V2 trials, Optuna grid, ASHA) logged to a real SQLite MLflow store
 and a real SQLite Optuna storage, then read back.
 
-One sweep serves most tests: a tiny BAST on a tiny generated dataset (built from the file's dataset_build), four
-trials of three epochs, two at once, ASHA grace 1 / max 3 / reduction 2, objectives val_ad_deg and params_m. One
-trial gets lr 1e8 without gradient clipping, so its loss turns NaN in its first epoch and it must be recorded as
-failed while the others finish.
+One sweep serves most tests here and in test_demo.py: a tiny BAST on a tiny generated dataset (built from the
+file's dataset_build), four trials of three epochs, two at once, ASHA grace 1 / max 3 / reduction 2, objectives
+val_ad_deg and params_m, run through `binsweep demo` (which runs the sweep as `binsweep sweep` does, then the
+leaderboard, a promotion and predictions). One trial gets lr 1e8 without gradient clipping, so its loss turns NaN
+in its first epoch and it must be recorded as failed while the others finish. One gets lr 1e-7, which learns
+nothing: the grid sampler (seed 0) starts it third, after a trial that learns has set ASHA's first rung, so ASHA
+stops it after epoch 1 and it must be labelled "stopped".
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -27,7 +32,10 @@ runner = CliRunner()
 
 DATASET_BUILD = {"generated_sounds": 24, "azimuths": list(range(0, 360, 30)), "environments": ["anechoic"],
                  "test_fraction": 0.25, "shard_rows": 64, "seed": 1}
-LRS = [1.0e-3, 3.0e-3, 1.0e-4, 1.0e8]  # the last one diverges
+# GridSampler(seed=0) starts these in the order 3e-3, 1e8, 1e-7, 1e-3 (checked in test_grid_order_puts_...)
+LRS = [1.0e-3, 1.0e-7, 3.0e-3, 1.0e8]
+DIVERGES, LEARNS_NOTHING = 1.0e8, 1.0e-7
+NAME = "tiny-sweep"
 
 
 def sweep_file(tmp: Path, **over) -> dict:
@@ -122,13 +130,25 @@ def test_resume_of_an_unknown_sweep_lists_the_known_ones():
 # -------------------------------------------------------------------------------------------------- the sweep
 
 
+@functools.cache
+def demo_run():
+    """`binsweep demo` on the tiny sweep file, once per test session (test_demo.py checks the demo's own steps)."""
+    tmp = Path(tempfile.mkdtemp(prefix="sweep-", dir=paths.home()))
+    res = runner.invoke(app, ["demo", "--sweep", str(write(tmp, "tiny.yaml", sweep_file(tmp))), "--name", NAME,
+                              "--clips", "3", "--model-name", "bast_demo"])
+    return NAME, res, parents(NAME)
+
+
+def test_grid_order_puts_the_learner_first_and_the_idle_trial_third():
+    """What the ASHA check relies on: Optuna's GridSampler (seed 0) hands out LRS in this order."""
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"train.lr": LRS}, seed=0))
+    order = [study.ask().suggest_categorical("train.lr", LRS) for _ in LRS]
+    assert order == [3.0e-3, DIVERGES, LEARNS_NOTHING, 1.0e-3]
+
+
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    name = "tiny-sweep"
-    res = runner.invoke(app, ["sweep", str(write(tmp, "tiny.yaml", sweep_file(tmp))), "--name", name])
-    parent = parents(name)
-    return name, res, parent
+def swept():
+    return demo_run()
 
 
 @pytest.mark.slow
@@ -154,6 +174,7 @@ def test_one_parent_run_with_settings_artifacts_and_summary(swept):
     arts = {a.path for a in tracking.client().list_artifacts(parent.info.run_id)}
     assert {"sweep.yaml", "space.txt"} <= arts
     assert metrics["trials_failed"] == 1 and metrics["trials_completed"] + metrics["trials_stopped"] == 3
+    assert metrics["trials_stopped"] >= 1  # the idle trial, at least
     assert tags["binsweep.best_trial"] and "test_ad_deg" in metrics and metrics["best_val_ad_deg"] > 0
 
 
@@ -173,7 +194,9 @@ def test_one_child_run_per_trial_with_params_epochs_and_state(swept):
         assert params["data.root"].endswith("sweep_loc") and params["resources.workers"] == "1"
         assert 0.01 < metrics["params_m"] < 0.1 and metrics["gpu_hours"] == 0 and metrics["wall_s"] > 0
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_ad_deg")]
-        if float(params["train.lr"]) > 1:
+        if float(params["train.lr"]) == LEARNS_NOTHING:  # below the first rung's cutoff: ASHA stopped it
+            assert tags["binsweep.state"] == "stopped" and steps == [1], (tags, steps)
+        if float(params["train.lr"]) == DIVERGES:
             assert tags["binsweep.state"] == "failed" and run.info.status == "FAILED"
             assert "FloatingPointError" in tags["binsweep.error"] and "epoch 1" in tags["binsweep.error"]
             assert steps == []
