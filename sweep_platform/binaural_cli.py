@@ -9,19 +9,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from sweep_platform.errors import run_guarded
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _progress(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+from sweep_platform.data_cli import console, progress_bar
+from sweep_platform.errors import err_console, run_guarded
 
 
 def _print_manifest(manifest) -> None:
@@ -71,7 +61,7 @@ def data_binaural(
             scene=SceneConfig(image_size=tuple(image_size), min_sources=min_sources, max_sources=max_sources,
                               max_azimuth_deg=max_azimuth),
         )
-        with _progress("rendering scenes") as bar:
+        with progress_bar("rendering scenes") as bar:
             task = bar.add_task("render", total=scenes)
             manifest = build(cfg, out, progress=lambda done, total: bar.update(task, completed=done, total=total))
         _print_manifest(manifest)
@@ -100,7 +90,7 @@ def data_fairplay(
 
         cfg = FairPlayImportConfig(root=root, split_index=split, split_set=split_set, image_size=tuple(image_size),
                                    windows_per_clip=windows_per_clip, test_seconds=test_seconds, seed=seed)
-        with _progress("importing recordings") as bar:
+        with progress_bar("importing recordings") as bar:
             task = bar.add_task("import", total=None)
             manifest = import_fairplay(cfg, out,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total))

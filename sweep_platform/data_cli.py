@@ -15,7 +15,8 @@ app = typer.Typer(help="Build and import datasets (Parquet shards + manifest.jso
 console = Console()
 
 
-def _progress(description: str):
+def progress_bar(description: str):
+    """The progress bar of every dataset build and import (binaural_cli's too)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -62,7 +63,7 @@ def localization(
             rt60_s=rt60, source_distance_m=distance, test_fraction=test_fraction, val_fraction=val_fraction,
             dtype=dtype, shard_rows=shard_rows, seed=seed,
         )
-        with _progress("rendering") as bar:
+        with progress_bar("rendering") as bar:
             task = bar.add_task("render", total=None)
             manifest = build(cfg, out, progress=lambda done, total: bar.update(task, completed=done, total=total))
         _print_manifest(manifest)
@@ -83,7 +84,7 @@ def import_nicnn(
     def _run() -> None:
         from trainables.localization import nicnn
 
-        with _progress("importing") as bar:
+        with progress_bar("importing") as bar:
             task = bar.add_task("import", total=None)
             report = nicnn.import_nicnn(src, out, val_fraction=val_fraction, seed=seed, strict=strict,
                                         progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -88,6 +88,14 @@ class Fault:
         raise RuntimeError(f"injected fault: rank {rank} at epoch {epoch}")
 
 
+def per_worker_batch(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global batch (train.batch_size is global: the same run on 1 or N workers)."""
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size {batch_size} is not divisible by the {world_size} workers; "
+                         f"use a multiple of {world_size}")
+    return batch_size // world_size
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Multiplier of the base learning rate after `step` optimizer steps: linear warmup, then constant or cosine."""
     if warmup_steps and step < warmup_steps:
@@ -120,16 +128,20 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under the wrappers the loop applies: DDP (`.module`) and torch.compile (`._orig_mod`)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 def save_checkpoint(directory: Path, *, model, optimizer, scheduler, epoch: int, seed: int, trainable: str,
                     config: dict, metrics: dict) -> None:
     """Everything a run needs to go on from the next epoch, loadable with torch.load(weights_only=True)."""
     state = {
-        "model": _unwrap(model).state_dict(),
+        "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,  # completed epochs

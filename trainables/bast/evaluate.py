@@ -28,6 +28,7 @@ from trainables.audio import BinauralFrontEnd
 from trainables.bast import metrics
 from trainables.bast.metrics import GroupStats, HemifieldTest
 from trainables.localization.reader import ShardReader
+from trainables.loop import unwrap
 
 ROLLOUT_AZIMUTH = 90  # Fig. 6 shows a source on the left
 
@@ -54,15 +55,6 @@ def azimuth_to_xy(azimuth_deg) -> np.ndarray:
     """[N] degrees -> [N, 2] (cos az, sin az) in float64 (the BAST target)."""
     rad = np.radians(np.asarray(azimuth_deg, dtype=np.float64))
     return np.stack([np.cos(rad), np.sin(rad)], axis=-1)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
 
 
 @torch.no_grad()
@@ -257,7 +249,7 @@ def _write_rollout(model, root, split: str, preds: Predictions, path: Path, devi
     from trainables.bast import rollout
     from trainables.bast.model import BAST
 
-    bast = _unwrap(model)
+    bast = unwrap(model)
     if not isinstance(bast, BAST):
         return None
     index = _rollout_index(preds, train_environments)

@@ -11,6 +11,7 @@ from trainables.bast.config import BASTConfig
 from trainables.bast.losses import BASTLoss, angle_between
 from trainables.bast.model import BAST, azimuth_to_target
 from trainables.localization.reader import ShardReader
+from trainables.loop import per_worker_batch
 
 
 def dataset_root(config: BASTConfig) -> Path:
@@ -36,13 +37,9 @@ class BASTRecipe:
     def _reader(self, split: str, rank: int, world_size: int) -> ShardReader:
         key = (split, rank, world_size)
         if key not in self._readers:
-            batch = self.train.batch_size
-            if batch % world_size:
-                raise ValueError(f"train.batch_size {batch} is not divisible by the {world_size} workers; "
-                                 f"use a multiple of {world_size}")
             self._readers[key] = ShardReader(
-                self.root, split, batch // world_size, rank=rank, world_size=world_size,
-                shuffle=split == "train", seed=self.train.seed, drop_last=False,
+                self.root, split, per_worker_batch(self.train.batch_size, world_size), rank=rank,
+                world_size=world_size, shuffle=split == "train", seed=self.train.seed, drop_last=False,
                 environments=self.config.data.train_environments)
         return self._readers[key]
 

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables.binaural.scenes import Environment, SceneConfig
 from trainables.localization.shards import file_sha256, to_storage, write_shard
+from trainables.sharding import ShardedSplit
 
 KIND = "binaural"
 SCHEMA_VERSION = 1
@@ -387,7 +388,7 @@ def build(cfg: BinauralBuildConfig, out: str | Path,
 # ------------------------------------------------------------------------------------------------ reader
 
 
-class BinauralReader(torch.utils.data.IterableDataset):
+class BinauralReader(ShardedSplit):
     """Streams a split as training batches: {"wave": [B, 2, L] float32, "image": [B, 3, H, W] uint8 (with image=True),
     "depth": [B, 1, H, W] float32 metres (with depth=True)}.
 
@@ -401,18 +402,14 @@ class BinauralReader(torch.utils.data.IterableDataset):
                  world_size: int = 1, shuffle: bool = True, random_crop: bool = False, seed: int = 0,
                  drop_last: bool = False, image: bool = True, depth: bool = False,
                  environments: list[str] | tuple[str, ...] | None = None):
-        super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.manifest = load_manifest(root)
         if depth and not self.manifest.has_depth:
             raise ValueError(f"{self.manifest.root} has no depth maps (source {self.manifest.data.get('source')}); "
                              "use model.depth_source: rgb or a modality without depth")
-        self.split, self.batch_size, self.window = split, batch_size, window
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.random_crop, self.seed, self.drop_last = shuffle, random_crop, seed, drop_last
-        self.image, self.depth = image, depth
-        self.epoch = 0
+        self.split, self.window = split, window
+        self.random_crop, self.image, self.depth = random_crop, image, depth
         unknown = sorted(set(environments or ()) - set(self.manifest.environments))
         if unknown:
             raise ValueError(f"{self.manifest.root}: no environment {', '.join(map(repr, unknown))} in the dataset; "
@@ -422,38 +419,14 @@ class BinauralReader(torch.utils.data.IterableDataset):
         if shortest < window:
             raise ValueError(f"{self.manifest.root}: {split} clips are {shortest} samples long, shorter than the "
                              f"model's window of {window} (model.clip_seconds)")
-        self.files = [(self.manifest.root / e["file"],
-                       e["rows"] if self.keep is None else sum(n for k, n in e["by_environment"].items()
-                                                               if k in self.keep))
-                      for e in self.manifest.entries(split)]
-        self.files = [(p, n) for p, n in self.files if n]
+        files = [(self.manifest.root / e["file"],
+                  e["rows"] if self.keep is None else sum(n for k, n in e["by_environment"].items() if k in self.keep))
+                 for e in self.manifest.entries(split)]
+        super().__init__(files, batch_size=batch_size, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last, where=f"{self.manifest.root} ({split} clips)")
         if not self.files:
             raise ValueError(f"{self.manifest.root}: the dataset has no {split!r} clips"
                              + (f" in {', '.join(sorted(self.keep))}" if self.keep else ""))
-        self.total_rows = sum(n for _, n in self.files)
-        self.rows_per_worker = self.total_rows // world_size
-        if self.rows_per_worker == 0:
-            raise ValueError(f"{self.manifest.root}: {self.total_rows} {split} clips cannot feed {world_size} workers")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, b = self.rows_per_worker, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def _my_rows(self) -> Iterator[tuple[Path, slice]]:
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.files)) if self.shuffle
-                 else np.arange(len(self.files)))
-        lo = self.rank * self.rows_per_worker
-        hi = lo + self.rows_per_worker
-        start = 0
-        for k in order:
-            path, n = self.files[k]
-            a, b = max(lo, start), min(hi, start + n)
-            if a < b:
-                yield path, slice(a - start, b - start)
-            start += n
 
     def _decode(self, table: pa.Table, rng: np.random.Generator) -> dict[str, np.ndarray]:
         H, W = self.manifest.image_size

@@ -40,7 +40,8 @@ import torch  # noqa: E402
 
 from trainables.binaural import metrics  # noqa: E402
 from trainables.binaural.data import Clip, iter_clips, load_manifest  # noqa: E402
-from trainables.binaural.inference import model_config, predict_clip, unwrap  # noqa: E402
+from trainables.binaural.inference import model_config, predict_clip  # noqa: E402
+from trainables.loop import unwrap  # noqa: E402
 
 NAMES = {"stft": "stft_dist", "env": "env_dist", "mag": "mag_dist", "phase": "phase_dist", "snr": "snr_db",
          "wav": "wav_dist"}

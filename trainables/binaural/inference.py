@@ -31,6 +31,7 @@ import torch
 from trainables.binaural import metrics
 from trainables.binaural.config import BinauralModelConfig
 from trainables.binaural.model import BinauralNet, stft
+from trainables.loop import unwrap
 
 
 class BinauralModel(BinauralNet):
@@ -40,15 +41,6 @@ class BinauralModel(BinauralNet):
         if isinstance(mix_spec, dict):
             return super().forward(**mix_spec)
         return super().forward(mix_spec, image, depth, return_attention)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
 
 
 def model_config(model: torch.nn.Module) -> BinauralModelConfig:

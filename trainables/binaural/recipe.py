@@ -29,6 +29,7 @@ from trainables.binaural.config import BinauralConfig, BinauralModelConfig
 from trainables.binaural.data import BinauralReader, load_manifest
 from trainables.binaural.losses import BinauralLoss
 from trainables.binaural.model import istft, stft
+from trainables.loop import per_worker_batch
 
 DESIRED_RMS = 0.1  # 2.5D normalize()
 RMS_EPS = 1e-4
@@ -154,13 +155,9 @@ class BinauralRecipe:
     def _reader(self, split: str, rank: int, world_size: int) -> BinauralReader:
         key = (split, rank, world_size)
         if key not in self._readers:
-            batch = self.train.batch_size
-            if batch % world_size:
-                raise ValueError(f"train.batch_size {batch} is not divisible by the {world_size} workers; "
-                                 f"use a multiple of {world_size}")
             self._readers[key] = BinauralReader(
-                self.root, split, batch // world_size, window=self.cfg.clip_samples, rank=rank,
-                world_size=world_size, shuffle=split == "train", random_crop=split == "train", seed=self.train.seed,
+                self.root, split, per_worker_batch(self.train.batch_size, world_size), window=self.cfg.clip_samples,
+                rank=rank, world_size=world_size, shuffle=split == "train", random_crop=split == "train", seed=self.train.seed,
                 image=self.cfg.needs_image, depth=self.cfg.needs_depth_map)
         return self._readers[key]
 

@@ -1,8 +1,8 @@
 """Streams a split of a localization dataset to training workers as batches of binaural waveforms.
 
 Each of `world_size` workers reads only its own contiguous share of the (epoch-shuffled) shard order, and every
-worker gets the same number of rows, so DDP ranks always run the same number of steps. Rows are shuffled within
-each shard and shards are shuffled per epoch; the same (seed, epoch) gives the same batches. Spectrograms are not
+worker gets the same number of rows, so DDP ranks always run the same number of steps (`trainables.sharding`). Rows
+are shuffled within each shard and shards are shuffled per epoch; the same (seed, epoch) gives the same batches. Spectrograms are not
 computed here: the train loop runs `trainables.audio.BinauralFrontEnd` on the training device.
 """
 
@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import torch
 
 from trainables.localization import shards
+from trainables.sharding import ShardedSplit
 
 
-class ShardReader(torch.utils.data.IterableDataset):
+class ShardReader(ShardedSplit):
     """Yields {"wave": [B, 2, S] float32, "azimuth": [B] int64, "environment": [B] int64} batches.
 
     `environments` lists the names behind the environment codes: every environment of the dataset, sorted, so a
@@ -28,14 +29,10 @@ class ShardReader(torch.utils.data.IterableDataset):
     def __init__(self, root: str | Path, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  environments: list[str] | tuple[str, ...] | None = None):
-        super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.manifest = shards.load_manifest(root)
-        self.split, self.batch_size = split, batch_size
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.epoch = 0
+        self.split = split
         counts = self.manifest.data["counts"]
         self.environments = sorted({e for c in counts.values() if isinstance(c, dict)
                                     for e in c.get("by_environment", {})})
@@ -45,13 +42,12 @@ class ShardReader(torch.utils.data.IterableDataset):
                              f"it has {', '.join(self.environments)}")
         self.keep = None if environments is None else set(environments)
         entries = [e for e in self.manifest.data["shards"] if e["split"] == split]
-        self.files = [(path, self._rows_kept(entry)) for path, entry in zip(self.manifest.shards(split), entries)]
-        self.files = [(path, n) for path, n in self.files if n]
+        files = [(path, self._rows_kept(entry)) for path, entry in zip(self.manifest.shards(split), entries)]
+        super().__init__(files, batch_size=batch_size, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last, where=f"{self.manifest.root} ({split})")
         if not self.files:
             raise ValueError(f"{self.manifest.root}: the dataset has no {split!r} rows"
                              + (f" in {', '.join(sorted(self.keep))}" if self.keep else ""))
-        self.total_rows = sum(n for _, n in self.files)
-        self.rows_per_worker = self.total_rows // world_size
 
     def _rows_kept(self, entry: dict) -> int:
         if self.keep is None:
@@ -60,27 +56,6 @@ class ShardReader(torch.utils.data.IterableDataset):
             envs = pq.read_table(self.manifest.root / entry["file"], columns=["environment"]).column("environment")
             return sum(e in self.keep for e in envs.to_pylist())
         return sum(n for e, n in entry["by_environment"].items() if e in self.keep)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, b = self.rows_per_worker, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def _my_rows(self) -> Iterator[tuple[Path, slice]]:
-        """(shard file, slice of its kept rows) covering this worker's share."""
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.files)) if self.shuffle
-                 else np.arange(len(self.files)))
-        lo = self.rank * self.rows_per_worker
-        hi = lo + self.rows_per_worker
-        start = 0
-        for k in order:
-            path, n = self.files[k]
-            a, b = max(lo, start), min(hi, start + n)
-            if a < b:
-                yield path, slice(a - start, b - start)
-            start += n
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         env_code = {e: i for i, e in enumerate(self.environments)}
