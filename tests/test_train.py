@@ -132,11 +132,12 @@ def learning_data(tmp_path_factory):
 
 def test_cli_train_learns_localization_and_logs_everything(learning_data, tmp_path):
     """The learning check: a D=48, 1/1/1 BAST on measured KEMAR anechoic data gets below 20 degrees on unseen
-    test sounds (chance is 90) in 12 short epochs. D=48 rather than bast_tiny's 64 keeps it under 3 minutes on two
-    cores (1.4x the step rate; 16.8 degrees on validation against 17.2 for D=64 in the same 12 epochs)."""
+    test sounds (chance is 90) in 11 short epochs (measured 13.1 on test, 16.4 on validation). D=48 rather than
+    bast_tiny's 64 keeps it under about 3 minutes on two cores (1.4x the step rate; in 12 epochs 16.8 degrees on
+    validation against 17.2 for D=64)."""
     cfg = {"model": {"preset": "bast_tiny", "embed_dim": 48, "dim_head": 24, "mlp_dim": 96},
            "data": {"root": str(learning_data)},
-           "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "schedule": "cosine", "warmup_epochs": 0.5}}
+           "train": {"epochs": 11, "batch_size": 32, "lr": 2e-3, "schedule": "cosine", "warmup_epochs": 0.5}}
     path = tmp_path / "learn.yaml"
     path.write_text(yaml.safe_dump(cfg))
     # two torch threads on CI's two cores: the check takes about half the time of one
@@ -150,8 +151,9 @@ def test_cli_train_learns_localization_and_logs_everything(learning_data, tmp_pa
                         filter_string="tags.`binsweep.train_name` = 'learn-cli'")[0]
     m = run.data.metrics
     assert m["test_ad_deg"] < 20, m["test_ad_deg"]
+    print("learning check: test_ad_deg", m["test_ad_deg"], "val_ad_deg", m.get("val_ad_deg"))
     assert "test_ad_deg.anechoic" in m and m["gpu_hours"] == 0
-    assert epochs_of(run.info.run_id) == list(range(1, 13))
+    assert epochs_of(run.info.run_id) == list(range(1, 12))
     names = {a.path for a in c.list_artifacts(run.info.run_id, "evaluation")}
     for f in ("ad_per_azimuth.png", "hemifield.png", "attention_rollout.png", "per_azimuth.csv", "summary.txt"):
         assert f"evaluation/{f}" in names, names
