@@ -151,7 +151,6 @@ def test_cli_train_learns_localization_and_logs_everything(learning_data, tmp_pa
                         filter_string="tags.`binsweep.train_name` = 'learn-cli'")[0]
     m = run.data.metrics
     assert m["test_ad_deg"] < 20, m["test_ad_deg"]
-    print("learning check: test_ad_deg", m["test_ad_deg"], "val_ad_deg", m.get("val_ad_deg"))
     assert "test_ad_deg.anechoic" in m and m["gpu_hours"] == 0
     assert epochs_of(run.info.run_id) == list(range(1, 12))
     names = {a.path for a in c.list_artifacts(run.info.run_id, "evaluation")}
