@@ -19,20 +19,15 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from trainables.binaural.config import BinauralConfig  # noqa: E402
-from trainables.binaural.inference import BinauralModel  # noqa: E402
-from trainables.binaural.losses import BinauralLoss  # noqa: E402
-from trainables.binaural.model import count_parameters  # noqa: E402
-from trainables.binaural.recipe import model_inputs  # noqa: E402
-from trainables.loop import autocast  # noqa: E402
+from trainables.binaural.config import BinauralConfig
+from trainables.binaural.losses import BinauralLoss
+from trainables.binaural.model import BinauralModel, count_parameters
+from trainables.binaural.recipe import model_inputs
+from trainables.loop import autocast
 
 
 def bench(preset: str, device: str, batch_size: int, steps: int, warmup: int, modalities: str,

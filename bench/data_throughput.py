@@ -12,21 +12,17 @@ Prints figures only.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from bast_step import measure_step  # noqa: E402
-from trainables.audio import BinauralFrontEnd  # noqa: E402
-from trainables.localization.builder import LocalizationBuildConfig, build  # noqa: E402
-from trainables.localization.onthefly import OnTheFlyRenderer  # noqa: E402
-from trainables.localization.reader import ShardReader  # noqa: E402
+from bast_step import measure_step  # bench/ is on sys.path when run as a script
+from trainables.audio import BinauralFrontEnd
+from trainables.localization.builder import LocalizationBuildConfig, build
+from trainables.localization.onthefly import OnTheFlyRenderer
+from trainables.localization.reader import ShardReader
 
 
 def sync(device: torch.device) -> None:

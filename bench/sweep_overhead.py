@@ -16,14 +16,11 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train_scaling import plain_loop  # noqa: E402  (bench/ is on sys.path when run as a script)
+from train_scaling import plain_loop  # bench/ is on sys.path when run as a script
 
 
 def main() -> None:

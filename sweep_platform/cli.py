@@ -1,5 +1,6 @@
-"""The `binsweep` command line. The root only assembles commands; heavy libraries are imported inside them so
-`binsweep --help` is instant."""
+"""The `binsweep` command line. The root only assembles commands; heavy libraries are imported inside them, and
+installed trainables' commands are mounted only when needed (cli_group), so `binsweep leaderboard --help` is instant.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +9,27 @@ from typing import Annotated, Optional
 
 import typer
 
-from sweep_platform.errors import make_console, run_guarded
+from sweep_platform import cli_options as opt
+from sweep_platform import results_cli, sweep_cli, train_cli, trainables_cli
+from sweep_platform.cli_group import BinsweepGroup
+from sweep_platform.errors import console
 
 app = typer.Typer(
     name="binsweep",
+    cls=BinsweepGroup,
     help="Ray-distributed hyperparameter sweeps for binaural-audio transformers (BAST, depth-infused "
     "binauralization), with every trial in MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = make_console()
 
-
-def _mount_groups() -> None:
-    from sweep_platform import data_cli
-
-    app.add_typer(data_cli.app, name="data")
-    from sweep_platform import binaural_cli
-
-    binaural_cli.mount(app, data_cli.app)  # data binaural, data fairplay, binauralize
-    from sweep_platform import train_cli
-
-    app.command("train")(train_cli.train)
-    from sweep_platform import results_cli
-
-    results_cli.mount(app)  # leaderboard, report, promote, models, predict
-    from sweep_platform import sweep_cli
-
-    app.command("sweep")(sweep_cli.sweep)
-    app.command("resume")(sweep_cli.resume)
-    app.command("submit")(sweep_cli.submit)
-
-
-_mount_groups()
+app.command("trainables")(trainables_cli.trainables)
+app.command("train")(train_cli.train)
+results_cli.mount(app)  # leaderboard, report, promote, models, predict
+app.command("sweep")(sweep_cli.sweep)
+app.command("resume")(sweep_cli.resume)
+app.command("submit")(sweep_cli.submit)
 
 PACKAGES = ("binsweep", "torch", "ray", "mlflow", "optuna")
 
@@ -64,10 +52,9 @@ def version() -> None:
 def demo(
     sweep: Annotated[Optional[Path], typer.Option(help="Sweep file to run (default: search_spaces/bast_smoke.yaml, "
                                                   "6 trials of a tiny BAST with ASHA).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Sweep name (default: the file's name plus a timestamp).")] = None,
+    name: opt.SweepNameOpt = None,
     clips: Annotated[int, typer.Option(help="Held-out test clips to predict at the end, e.g. 4.", min=1)] = 4,
-    model_name: Annotated[Optional[str], typer.Option(help="Registered model to promote into (default: the "
-                                                       "trainable's name, bast).")] = None,
+    model_name: opt.ModelNameOpt = None,
 ) -> None:
     """The whole platform in minutes on a laptop CPU: sweep, leaderboard, promotion, prediction.
 
@@ -76,18 +63,12 @@ def demo(
     bast@champion through the paired-test gate, predicts a few held-out test clips, and says how to open the
     MLflow UI and optuna-dashboard on the results. State goes under $BINSWEEP_HOME/runs (default ./runs).
     """
+    from sweep_platform.demo import DEFAULT_SWEEP, run_demo
 
-    def _run() -> None:
-        import sys
-
-        from sweep_platform.demo import DEFAULT_SWEEP, run_demo
-
-        code = run_demo(sweep or DEFAULT_SWEEP, name, clips=clips, model_name=model_name,
-                        say=lambda text: console.print(text, highlight=False, soft_wrap=True))
-        if code:
-            sys.exit(code)
-
-    run_guarded(_run)
+    code = run_demo(sweep or DEFAULT_SWEEP, name, clips=clips, model_name=model_name,
+                    say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -11,10 +11,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sweep_platform import validation_errors
+from sweep_platform.errors import BinsweepError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(BinsweepError, ValueError):
     """A config file a user must fix; the message names the file, the key path and what is allowed."""
 
 
@@ -36,29 +39,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _allowed(error: dict) -> str:
-    ctx = error.get("ctx") or {}
-    if "expected" in ctx and str(ctx["expected"]) not in error["msg"]:
-        return f" (allowed: {ctx['expected']})"
-    return ""
-
-
-def describe(exc: ValidationError, source: str, prefix: str = "") -> str:
-    lines = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"] if p not in ("function-after", "function-before")) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (misspelt?)"
-        lines.append(f"{source}: {prefix}{where}: {msg}{_allowed(e)}")
-    return "\n".join(lines)
-
-
 def validate(config_type: type[M], data: dict[str, Any], source: str, prefix: str = "") -> M:
+    """`data` as a `config_type`; prefix: the key path the data sits under in its file, e.g. "dataset_build"."""
     try:
         return config_type.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe(exc, source, prefix)) from None
+        raise ConfigError(validation_errors.describe(exc, source, prefix, root=config_type)) from None
 
 
 def load_config(config_type: type[M], path: str | Path) -> M:

@@ -19,9 +19,14 @@ from typing import Callable
 import numpy as np
 
 from sweep_platform import paths, tracking
+from sweep_platform.errors import BinsweepError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SWEEP = REPO / "search_spaces" / "bast_smoke.yaml"
+
+
+class DemoDataError(BinsweepError, ValueError):
+    """The demo's dataset cannot give held-out clips to predict."""
 
 
 @dataclass
@@ -43,7 +48,7 @@ def write_test_clips(root: Path, out_dir: Path, n: int) -> list[DemoClip]:
     manifest = shards.load_manifest(root)
     files = manifest.shards("test")
     if not files:
-        raise ValueError(f"{root}: the dataset has no test split to predict")
+        raise DemoDataError(f"{root}: the dataset has no test split to predict; rebuild it with a test_fraction > 0")
     table = pa.concat_tables(pq.read_table(f, columns=["sound_id", "azimuth_deg", "environment", "left", "right"])
                              for f in files)
     azimuths = np.asarray(table.column("azimuth_deg").to_numpy(), dtype=np.int64)
@@ -78,7 +83,7 @@ def _executable(name: str) -> str:
 
 def ui_hints() -> list[str]:
     """How to browse what the demo wrote: the MLflow UI on its store, optuna-dashboard on the study storage."""
-    from sweep_platform.sweep import optuna_storage
+    from sweep_platform.storage import optuna_storage
 
     uri = tracking.tracking_uri()
     if uri == tracking.embedded_uri():
@@ -98,8 +103,9 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
     from rich.markup import escape
 
     from sweep_platform import leaderboard as lb
-    from sweep_platform.registry_ops import PromotionRefused, predict_files, promote
-    from sweep_platform.space import load_sweep
+    from sweep_platform.prediction import predict_files
+    from sweep_platform.promotion import PromotionRefused, promote
+    from sweep_platform.sweep_file import load_sweep
     from sweep_platform.sweep import default_name, ensure_dataset, start_sweep
 
     spec = load_sweep(sweep_file)
@@ -132,7 +138,7 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
         result = promote(name, model_name=registered, say=say)
         say(("promoted: " if result.promoted else "kept: ") + result.message)
     except PromotionRefused as exc:
-        say(f"[red]promotion refused:[/red] {exc}")
+        say(f"[red]promotion refused:[/red] {escape(exc.reason)}")
         return 2
     model_uri = f"models:/{registered}@champion"
 
@@ -145,9 +151,10 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
         if pred.error is not None:
             say(f"[red]{pred.error}[/red]")
             return 1
-        err = angular_error(pred.azimuth_deg, clip.azimuth_deg)
+        azimuth = pred.values["azimuth_deg"]
+        err = angular_error(azimuth, clip.azimuth_deg)
         errors.append(err)
-        say(f"  {clip.path}  true {clip.azimuth_deg:3d}°  predicted {pred.azimuth_deg:6.1f}°  error {err:5.1f}°")
+        say(f"  {clip.path}  true {clip.azimuth_deg:3d}°  predicted {azimuth:6.1f}°  error {err:5.1f}°")
     say(f"  mean error {np.mean(errors):.1f}° over {len(errors)} clips (chance is 90°); "
         f"try: binsweep predict {model_uri} {shlex.quote(str(written[0].path))}")
 

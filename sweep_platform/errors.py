@@ -1,67 +1,119 @@
-"""Turns known failures into one clear line and an exit code; tracebacks only with BINSWEEP_DEBUG=1."""
+"""binsweep's domain errors, what the CLI tells a user about any error, and the consoles it says it on.
+
+A domain error is something the user can fix or must know: `explain` turns it into a message, the next step and an
+exit code. Anything else is a bug, and its traceback is the message (cli_group holds the one boundary that decides).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 from rich.console import Console
 
-err_console = Console(stderr=True)
+USAGE_ERROR = 2  # bad input: config, YAML, flags, names
+RUN_ERROR = 1  # the work itself failed
+INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 LOG_WIDTH = 160  # columns for tables written off a terminal
 
 
-def make_console(stderr: bool = False) -> Console:
-    """A rich console that keeps tables readable where output is not a terminal (CI logs, `ray job logs`, pipes):
-    rich would wrap them at 80 columns there. COLUMNS, when set, still decides."""
-    stream = sys.stderr if stderr else sys.stdout
-    if "COLUMNS" in os.environ or stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=LOG_WIDTH)
+class BinsweepError(Exception):
+    """A domain error: something the user can fix or must know, never a bug. The CLI's one error boundary prints
+    its message (and `hint`, the next step) without a traceback and exits with `exit_code`. Subclasses also derive
+    from the builtin that fits (ValueError, FileNotFoundError, ...), so callers may catch either."""
 
-USAGE_ERROR = 2  # bad input: config, YAML, flags
-RUN_ERROR = 1  # the work itself failed
+    exit_code = USAGE_ERROR
+    hint: str | None = None
 
-
-def _describe_validation_error(exc) -> str:
-    lines = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
-    return f"invalid {exc.title} configuration:\n" + "\n".join(lines)
+    def __init__(self, *args: object, hint: str | None = None):
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
 
 
-def format_known(exc: BaseException) -> tuple[str, int] | None:
-    """A message and exit code for errors a user can fix, or None for genuine bugs."""
+class SweepNotFoundError(BinsweepError, ValueError):
+    """No sweep of that name in the tracking store or under the Ray storage path."""
+
+    hint = "list the sweeps with `binsweep leaderboard` or check MLFLOW_TRACKING_URI / BINSWEEP_RAY_STORAGE"
+
+
+class SweepExistsError(BinsweepError, ValueError):
+    """A sweep of that name has already started."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the user is told about a domain error."""
+
+    message: str
+    exit_code: int
+    hint: str | None = None
+
+
+def explain(exc: BaseException) -> Failure | None:
+    """The message, exit code and next step for a domain error; None for a bug (its traceback is the message)."""
     from pydantic import ValidationError
 
-    from trainables.registry import TrainableNotFoundError
+    from sweep_platform import validation_errors
+    from trainables.registry import InputFileError, TrainableNotFoundError
 
+    if isinstance(exc, BinsweepError):
+        return Failure(str(exc), exc.exit_code, exc.hint)
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure("interrupted", INTERRUPTED)
+    if isinstance(exc, TrainableNotFoundError):
+        return Failure(str(exc), USAGE_ERROR, "`binsweep trainables` lists the installed ones")
     if isinstance(exc, ValidationError):
-        return _describe_validation_error(exc), USAGE_ERROR
-    if isinstance(exc, (TrainableNotFoundError, KeyError)) and exc.args:
-        return str(exc.args[0]), USAGE_ERROR
+        return Failure(validation_errors.describe(exc, exc.title), USAGE_ERROR)
     if isinstance(exc, FloatingPointError):
-        return f"training diverged: {exc}", RUN_ERROR
-    if isinstance(exc, (ValueError, FileNotFoundError)):
-        return str(exc), USAGE_ERROR
+        return Failure(f"training diverged: {exc}", RUN_ERROR, "try a lower learning rate")
+    if isinstance(exc, (InputFileError, FileNotFoundError)) or (isinstance(exc, ValueError)
+                                                               and _raised_by_trainable(exc)):
+        return Failure(str(exc), USAGE_ERROR)
     return None
 
 
-def run_guarded(fn) -> None:
-    try:
-        fn()
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the one place errors become messages
-        known = format_known(exc)
-        if known is None or os.environ.get("BINSWEEP_DEBUG") == "1":
-            raise
-        message, code = known
-        err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-        err_console.print("[dim](set BINSWEEP_DEBUG=1 for the traceback)[/dim]")
-        sys.exit(code)
+def _raised_by_trainable(exc: BaseException) -> bool:
+    """Whether a trainable's own code raised `exc`. A trainable cannot raise BinsweepError (it never imports the
+    platform): a ValueError it raises itself is how it reports a user's mistake (an --out folder holding another
+    build, an unknown environment). One raised deeper, inside numpy or torch, is a bug."""
+    from importlib.metadata import entry_points
+
+    from trainables.registry import ENTRY_POINT_GROUP
+
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = tb.tb_frame.f_globals.get("__name__", "").partition(".")[0]
+    return package in {ep.module.partition(".")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+# ------------------------------------------------------------------------------------------------------ consoles
+
+
+def _width(stderr: bool) -> int | None:
+    """COLUMNS when set; rich's own tracking of a terminal (None); else LOG_WIDTH, so that tables stay readable
+    off a terminal (CI logs, `ray job logs`, pipes), where rich would wrap them at 80 columns."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    return None if (sys.stderr if stderr else sys.stdout).isatty() else LOG_WIDTH
+
+
+def make_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, width=_width(stderr))
+
+
+console = make_console()  # results: tables, lines a script may read
+err_console = make_console(stderr=True)  # errors, notices
+
+
+def fit_consoles() -> None:
+    """Size both consoles for the command about to run: COLUMNS or the stream may differ from when this module was
+    imported (one process runs many commands under typer's CliRunner)."""
+    console.width = _width(stderr=False)
+    err_console.width = _width(stderr=True)

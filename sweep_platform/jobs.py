@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sweep_platform import tracking
+from sweep_platform import names, tracking
+from sweep_platform.errors import BinsweepError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Settings a sweep driver on the cluster needs from this shell, when they are set here.
@@ -32,7 +33,7 @@ DRIVER_RESOURCE = "sweep_driver"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class SubmitError(ValueError):
+class SubmitError(BinsweepError, ValueError):
     """The job cannot be submitted as asked; nothing was sent to the cluster."""
 
 
@@ -130,7 +131,7 @@ def _client(address: str):
 
 def submit(req: JobRequest) -> str:
     """Validate, then submit; returns the job's submission id."""
-    from sweep_platform.space import load_sweep
+    from sweep_platform.sweep_file import load_sweep
 
     load_sweep(req.sweep_file)  # a bad file fails here (exit 2), before the cluster sees anything
     if not req.working_dir.is_dir():
@@ -146,7 +147,7 @@ def submit(req: JobRequest) -> str:
         entrypoint=req.entrypoint, submission_id=req.submission_id,
         runtime_env={"working_dir": str(req.working_dir), "env_vars": req.env},
         entrypoint_num_cpus=req.entrypoint_cpus, entrypoint_resources=resources,
-        metadata={"binsweep.sweep": req.name, "binsweep.sweep_file": req.relative_file})
+        metadata={names.JOB_SWEEP: req.name, names.JOB_SWEEP_FILE: req.relative_file})
 
 
 def follow(address: str, job_id: str, echo: Callable[[str], None], *, driver_resource: str | None = None,

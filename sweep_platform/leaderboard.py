@@ -2,11 +2,14 @@
 
 A sweep is one parent run (tag `binsweep.role` = sweep, `binsweep.sweep_id` = its name) with one child run per trial
 (`mlflow.parentRunId`). `leaderboard` turns the children into one dict per trial: rank, run, the parameters that
-matter (those that vary across the trials, plus sharing / integration / loss for BAST), the ranking metric, the
-trainable's test metrics, epochs, GPU hours, state and, for failed trials, the error. The format functions render
-those rows as a rich table, CSV, JSON or markdown; `binsweep report` and `binsweep promote` reuse the same rows.
+matter (the trainable's `key_params`, then those that vary across the trials), the ranking metric, the trainable's
+`test_metrics`, epochs, GPU hours, state and, for failed trials, the error. The format functions render those rows as
+a rich table, CSV, JSON or markdown; `binsweep report` and `binsweep promote` reuse the same rows.
 
-Ranking metric: by default the trainable's test metric (`test_ad_deg` for BAST), falling back, for a trial without
+Everything trainable-specific comes from its TrainableSpec; a sweep of a trainable that is no longer installed still
+lists, ranked by `test_loss` (or the best epoch of `val_loss`).
+
+Ranking metric: by default the trainable's first test metric (e.g. `test_ad_deg`), falling back, for a trial without
 one (stopped early, still running), to the best value over epochs of the matching validation metric
 (`val_ad_deg`); the row says which (`value_source`). A per-epoch metric named explicitly (`--metric val_loss`) is
 its best epoch. Lower is better except for throughput (`samples_per_s`). Trials without any value come after the
@@ -24,30 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep_platform import paper_results, tracking
+from sweep_platform import names, tracking
+from sweep_platform.errors import SweepNotFoundError
 
-TAG_ROLE = "binsweep.role"
-TAG_STATE = "binsweep.state"
-TAG_ERROR = "binsweep.error"
-
-# Per trainable: the test metrics shown in every leaderboard and the default ranking metric (the first).
-TEST_METRICS: dict[str, tuple[str, ...]] = {
-    "bast": ("test_ad_deg", "test_mse"),
-    "binaural": ("test_stft_dist", "test_env_dist"),
-}
-# Parameters always shown for a trainable (when the runs have them), before those that vary.
-ALWAYS_SHOWN: dict[str, tuple[str, ...]] = {"bast": ("model.sharing", "model.integration", "loss.name")}
 MAX_METRICS = frozenset({"samples_per_s"})  # higher is better; everything else in design.md is lower-is-better
-# Logged once per trial at step 0 (not per epoch): their latest value is the value.
-TRIAL_METRICS = frozenset({"gpu_hours", "params_m", "wall_s"})
 FORMATS = ("table", "csv", "json", "markdown")
-_STATUS_STATE = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
-                 "SCHEDULED": "running"}
-_STATE_ORDER = {"completed": 0, "stopped": 0, "running": 1}
-
-
-class SweepNotFoundError(ValueError):
-    """No sweep of that name (or none at all) in the tracking store."""
+# A run without a state tag (logged by hand, or by an older binsweep): its MLflow status says it.
+_STATUS_STATE = {"FINISHED": names.COMPLETED, "FAILED": names.FAILED, "KILLED": names.STOPPED,
+                 "RUNNING": names.RUNNING, "SCHEDULED": names.RUNNING}
+_STATE_ORDER = {names.COMPLETED: 0, names.STOPPED: 0, names.RUNNING: 1}
 
 
 @dataclass(frozen=True)
@@ -81,20 +69,32 @@ class SweepRef:
         return primary_metric(self.trainable)
 
 
-def primary_metric(trainable: str) -> tuple[str, str]:
-    """The trainable's validation metric and its mode (the metric a sweep optimises unless it says otherwise)."""
-    from trainables.registry import get_trainable
+def trainable_spec(trainable: str):
+    """The sweep's TrainableSpec, or None when that trainable is no longer installed (its sweeps still list)."""
+    from trainables.registry import TrainableNotFoundError, get_trainable
 
     try:
-        spec = get_trainable(trainable)
-        return spec.primary_metric, spec.mode
-    except KeyError:
-        return "val_loss", "min"
+        return get_trainable(trainable)
+    except TrainableNotFoundError:
+        return None
+
+
+def primary_metric(trainable: str) -> tuple[str, str]:
+    """The trainable's validation metric and its mode (the metric a sweep optimises unless it says otherwise)."""
+    spec = trainable_spec(trainable)
+    return (spec.primary_metric, spec.mode) if spec else ("val_loss", "min")
+
+
+def test_metrics(trainable: str) -> tuple[str, ...]:
+    """The test metrics every leaderboard of the trainable shows; the first ranks by default."""
+    spec = trainable_spec(trainable)
+    return spec.test_metrics if spec else ()
 
 
 def default_metric(trainable: str) -> str:
-    if trainable in TEST_METRICS:
-        return TEST_METRICS[trainable][0]
+    spec = trainable_spec(trainable)
+    if spec is not None:
+        return spec.default_test_metric
     val, _ = primary_metric(trainable)
     return "test_" + val[4:] if val.startswith("val_") else val
 
@@ -129,18 +129,18 @@ def find_sweep(name: str | None = None, trainable: str | None = None) -> SweepRe
     """The parent run of sweep `name` (its latest, if the name was reused), or of the most recent sweep."""
     c = tracking.client()
     ids = _experiment_ids(c)
-    conds = [f"tags.`{TAG_ROLE}` = 'sweep'"]
+    conds = [f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'"]
     if name:
-        conds.append(f"tags.`{tracking.TAG_SWEEP}` = {_quoted(name, 'sweep name')}")
+        conds.append(f"tags.`{names.TAG_SWEEP}` = {_quoted(name, 'sweep name')}")
     if trainable:
-        conds.append(f"tags.`{tracking.TAG_TRAINABLE}` = {_quoted(trainable, 'trainable')}")
+        conds.append(f"tags.`{names.TAG_TRAINABLE}` = {_quoted(trainable, 'trainable')}")
     runs = _search_all(c, ids, " and ".join(conds), order_by=["attributes.start_time DESC"], max_results=1) if ids \
         else []
     if not runs:
         where = tracking.redact(tracking.tracking_uri())
         if name:
-            known = sorted({r.data.tags.get(tracking.TAG_SWEEP, "?") for r in
-                            (_search_all(c, ids, f"tags.`{TAG_ROLE}` = 'sweep'", max_results=200) if ids else [])})
+            sweeps = _search_all(c, ids, conds[0], max_results=200) if ids else []
+            known = sorted({r.data.tags.get(names.TAG_SWEEP, "?") for r in sweeps})
             hint = f"; sweeps there: {', '.join(known)}" if known else "; there are no sweeps there yet"
             raise SweepNotFoundError(f"no sweep named {name!r}{f' of trainable {trainable}' if trainable else ''} "
                                      f"in {where}{hint}")
@@ -148,24 +148,20 @@ def find_sweep(name: str | None = None, trainable: str | None = None) -> SweepRe
                                  f"`binsweep sweep FILE.yaml` first")
     run = runs[0]
     tags = run.data.tags
-    return SweepRef(name=tags.get(tracking.TAG_SWEEP, run.info.run_name), run_id=run.info.run_id,
-                    experiment_id=run.info.experiment_id, trainable=tags.get(tracking.TAG_TRAINABLE, trainable or ""),
+    return SweepRef(name=tags.get(names.TAG_SWEEP, run.info.run_name), run_id=run.info.run_id,
+                    experiment_id=run.info.experiment_id, trainable=tags.get(names.TAG_TRAINABLE, trainable or ""),
                     start_time=run.info.start_time or 0)
 
 
 def trial_runs(sweep: SweepRef) -> list:
     """The child runs of a sweep, oldest first."""
     c = tracking.client()
-    return _search_all(c, [sweep.experiment_id], f"tags.`{tracking.TAG_PARENT}` = '{sweep.run_id}'",
+    return _search_all(c, [sweep.experiment_id], f"tags.`{names.TAG_PARENT}` = '{sweep.run_id}'",
                        order_by=["attributes.start_time ASC"])
 
 
 def run_state(run) -> str:
-    return run.data.tags.get(TAG_STATE) or _STATUS_STATE.get(run.info.status, run.info.status.lower())
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return run.data.tags.get(names.TAG_STATE) or _STATUS_STATE.get(run.info.status, run.info.status.lower())
 
 
 def best_over_epochs(run, metric: str, mode: str = "min") -> float | None:
@@ -173,10 +169,10 @@ def best_over_epochs(run, metric: str, mode: str = "min") -> float | None:
     if metric not in run.data.metrics:
         return None
     hist = [m.value for m in tracking.client().get_metric_history(run.info.run_id, metric)
-            if _finite(m.value) and m.step >= 1]
+            if tracking.is_number(m.value) and m.step >= 1]
     if not hist:  # logged only once, at step 0
         v = run.data.metrics[metric]
-        return v if _finite(v) else None
+        return v if tracking.is_number(v) else None
     return min(hist) if mode == "min" else max(hist)
 
 
@@ -184,9 +180,9 @@ def metric_value(run, metric: str, mode: str | None = None) -> tuple[float | Non
     """(value, where it came from) of `metric` for one trial run, with the validation fallback for test metrics."""
     mode = mode or metric_mode(metric)
     metrics = run.data.metrics
-    if metric.startswith("test_") or metric in TRIAL_METRICS:
+    if metric.startswith("test_") or metric in names.TRIAL_METRICS:
         v = metrics.get(metric)
-        if _finite(v):
+        if tracking.is_number(v):
             return float(v), metric
         if metric.startswith("test_"):
             val = "val_" + metric[len("test_"):]
@@ -201,7 +197,8 @@ def metric_value(run, metric: str, mode: str | None = None) -> tuple[float | Non
 def key_params(runs: list, trainable: str) -> list[str]:
     """Parameters shown: the trainable's always-shown ones present in the runs, then those that vary, sorted."""
     all_keys = sorted({k for r in runs for k in r.data.params})
-    first = [k for k in ALWAYS_SHOWN.get(trainable, ()) if k in all_keys]
+    spec = trainable_spec(trainable)
+    first = [k for k in (spec.key_params if spec else ()) if k in all_keys]
     varying = []
     for k in all_keys:
         if k in first:
@@ -219,7 +216,8 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
 
     Keys: rank (None when unranked), sweep, trial, run_name, run_id, state, params (the key parameters), metric,
     value, value_source, metrics (every test_* metric of the run), epochs, gpu_hours, error, and with
-    compare_paper paper_ad_deg / paper_mse (the paper's result for the trial's sharing, integration and loss).
+    compare_paper the columns of the trainable's PaperReference (e.g. paper_ad_deg / paper_mse for BAST, matched
+    from the trial's params), when it has one.
     `mode` (min or max) overrides the metric's usual direction.
     """
     ref = sweep if isinstance(sweep, SweepRef) else find_sweep(sweep, trainable)
@@ -227,6 +225,7 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
     metric = metric or default_metric(ref.trainable)
     mode = mode or metric_mode(metric)
     keys = key_params(runs, ref.trainable)
+    paper = getattr(trainable_spec(ref.trainable), "paper", None) if compare_paper else None
     rows = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -237,7 +236,7 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
             "rank": None,
             "sweep": ref.name,
             "trainable": ref.trainable,
-            "trial": tags.get(tracking.TAG_TRIAL, run.info.run_name),
+            "trial": tags.get(names.TAG_TRIAL, run.info.run_name),
             "run_name": run.info.run_name,
             "run_id": run.info.run_id,
             "state": state,
@@ -245,21 +244,19 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
             "metric": metric,
             "value": value,
             "value_source": source,
-            "metrics": {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test_") and _finite(v)},
-            "epochs": int(epochs) if _finite(epochs) else None,
-            "gpu_hours": float(metrics["gpu_hours"]) if _finite(metrics.get("gpu_hours")) else None,
-            "error": tags.get(TAG_ERROR) if state == "failed" else None,
-            "dataset_fingerprint": tags.get(tracking.TAG_DATASET),
+            "metrics": {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test_") and tracking.is_number(v)},
+            "epochs": int(epochs) if tracking.is_number(epochs) else None,
+            "gpu_hours": float(metrics["gpu_hours"]) if tracking.is_number(metrics.get("gpu_hours")) else None,
+            "error": tags.get(names.TAG_ERROR) if state == names.FAILED else None,
+            "dataset_fingerprint": tags.get(names.TAG_DATASET),
         }
-        if compare_paper:
-            paper = paper_results.lookup(params.get("model.sharing"), params.get("model.integration"),
-                                         params.get("loss.name")) if ref.trainable == "bast" else None
-            row["paper_ad_deg"] = paper.ad_deg if paper else None
-            row["paper_mse"] = paper.mse if paper else None
+        if paper is not None:
+            values = paper.lookup(params) or {}
+            row.update({col: values.get(col) for col in paper.columns})
         rows.append(row)
 
     def order(row):
-        failed = row["state"] == "failed"
+        failed = row["state"] == names.FAILED
         group = 3 if failed else (0 if row["value"] is not None else 2)
         v = row["value"] if row["value"] is not None else 0.0
         return (group, v if mode == "min" else -v, _STATE_ORDER.get(row["state"], 1), str(row["trial"]))
@@ -267,7 +264,7 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
     rows.sort(key=order)
     rank = 0
     for row in rows:
-        if row["state"] != "failed" and row["value"] is not None:
+        if row["state"] != names.FAILED and row["value"] is not None:
             rank += 1
             row["rank"] = rank
     return rows[:top] if top else rows
@@ -276,7 +273,8 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
 # ------------------------------------------------------------------------------------------------------ formats
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A metric or parameter value as every table shows it: 4 significant digits, small numbers readable."""
     if v is None:
         return ""
     if isinstance(v, float):
@@ -293,7 +291,7 @@ def columns(rows: list[dict]) -> list[tuple[str, Any]]:
     first = rows[0]
     metric = first["metric"]
     param_keys = list(first["params"])
-    extra = [m for m in TEST_METRICS.get(first.get("trainable", ""), ())
+    extra = [m for m in test_metrics(first.get("trainable", ""))
              if m != metric and any(m in r["metrics"] for r in rows)]
     cols: list[tuple[str, Any]] = [
         ("rank", lambda r: r["rank"]),
@@ -305,8 +303,7 @@ def columns(rows: list[dict]) -> list[tuple[str, Any]]:
     if any(r["value_source"] not in (None, metric) for r in rows):
         cols.append(("from", lambda r: r["value_source"] if r["value_source"] != metric else ""))
     cols += [(m, lambda r, m=m: r["metrics"].get(m)) for m in extra]
-    if "paper_ad_deg" in first:
-        cols += [("paper_ad_deg", lambda r: r.get("paper_ad_deg")), ("paper_mse", lambda r: r.get("paper_mse"))]
+    cols += [(k, lambda r, k=k: r.get(k)) for k in first if k.startswith("paper_")]
     cols += [("epochs", lambda r: r["epochs"]), ("gpu_hours", lambda r: r["gpu_hours"]),
              ("state", lambda r: r["state"]), ("error", lambda r: r["error"])]
     if not any(r["error"] for r in rows):
@@ -315,7 +312,7 @@ def columns(rows: list[dict]) -> list[tuple[str, Any]]:
 
 
 def _short(text: Any, width: int = 100) -> str:
-    s = " ".join(_fmt(text).split())
+    s = " ".join(format_value(text).split())
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
@@ -386,14 +383,14 @@ def to_table(rows: list[dict], title: str | None = None):
         return text
 
     for r in rows:
-        table.add_row(*[cell(r, h, get) for h, get in cols], style="red" if r["state"] == "failed" else None)
+        table.add_row(*[cell(r, h, get) for h, get in cols], style="red" if r["state"] == names.FAILED else None)
     return table
 
 
 def failed_lines(rows: list[dict]) -> list[str]:
     """`trial N (run): error` for every failed trial."""
     return [f"trial {r['trial']} ({r['run_name']}, {r['run_id'][:8]}): {r['error'] or 'no error recorded'}"
-            for r in rows if r["state"] == "failed"]
+            for r in rows if r["state"] == names.FAILED]
 
 
 def render(rows: list[dict], fmt: str) -> str:

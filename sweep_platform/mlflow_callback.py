@@ -20,39 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from sweep_platform import ray_runtime, tracking
-from sweep_platform import sweep as sw
-from sweep_platform.leaderboard import TAG_ERROR, TAG_ROLE, TAG_STATE
-from sweep_platform.space import SweepSpec, describe
+from sweep_platform import names, storage, tracking
+from sweep_platform.names import (TAG_BEST_CHECKPOINT, TAG_ERROR, TAG_EVAL_ERROR, TAG_RESTARTS, TAG_RESUMED_FROM,
+                                  TAG_STATE, TAG_TRAIN_NAME)
+from sweep_platform.trial import SweepContext, count_params_m, end_state, trial_error, trial_model_config
 
 log = logging.getLogger(__name__)
 
-TAG_BEST_CHECKPOINT = "binsweep.best_checkpoint"
-TAG_TRAIN_NAME = "binsweep.train_name"
-TAG_EVAL_ERROR = "binsweep.eval_error"
-TAG_RESTARTS = "binsweep.restarts"  # times the trial was restarted by `binsweep resume`
-TAG_RESUMED_FROM = "binsweep.resumed_from_epoch"  # the checkpoint's epoch Train went on from at the last restart
-# Per-trial metrics logged once at step 0 (the leaderboard's TRIAL_METRICS); never per epoch.
-_TRIAL_METRICS = {"params_m", "gpu_hours", "wall_s", "startup_s"}
-_NOT_EPOCH = set(AUTO_RESULT_KEYS) | _TRIAL_METRICS | {"done", "trial_id", "checkpoint_path", "experiment_tag",
+_NOT_EPOCH = set(AUTO_RESULT_KEYS) | names.TRIAL_METRICS | {"done", "trial_id", "checkpoint_path", "experiment_tag",
                                                        "should_checkpoint"}
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _better(a: float, b: float | None, mode: str) -> bool:
@@ -62,70 +48,13 @@ def _better(a: float, b: float | None, mode: str) -> bool:
 # ---------------------------------------------------------------------------------------------------- parent run
 
 
-def find_parent_run(name: str):
-    """The parent run of sweep `name` in any experiment, or None."""
-    c = tracking.client()
-    ids = [e.experiment_id for e in c.search_experiments()]
-    if not ids:
-        return None
-    found = c.search_runs(ids, filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{tracking.TAG_SWEEP}` = '{name}'",
-                          max_results=1)
-    return found[0] if found else None
-
-
-def create_parent_run(name: str, spec: SweepSpec, *, sweep_file: str, concurrency: int, optuna_storage: str,
-                      fingerprint: str) -> tuple[str, str]:
-    """(experiment id, run id) of the sweep's new parent run, with its settings, sweep.yaml and space.txt."""
-    from mlflow.entities import Param
-
-    c = tracking.client()
-    exp_id = tracking.ensure_experiment(tracking.experiment_name(spec.trainable, spec.experiment))
-    run = c.create_run(exp_id, run_name=name, tags={
-        TAG_ROLE: "sweep", tracking.TAG_SWEEP: name, tracking.TAG_TRAINABLE: spec.trainable,
-        tracking.TAG_GIT: tracking.git_sha(), tracking.TAG_DATASET: fingerprint, TAG_STATE: sw.RUNNING})
-    run_id = run.info.run_id
-    s, r, sch = spec.sampler, spec.resources, spec.scheduler
-    params = {
-        "trainable": spec.trainable, "dataset": spec.dataset, "sweep_file": spec.source,
-        "objectives": ", ".join(f"{m} ({mode})" for m, mode in zip(spec.metrics, spec.modes)),
-        "trials": spec.trials, "concurrency": concurrency, "concurrency_setting": spec.concurrency,
-        "sampler.type": s.type, "sampler.seed": s.seed, "scheduler.type": sch.type,
-        "resources.workers": r.workers, "resources.cpus_per_worker": r.cpus_per_worker,
-        "resources.gpus_per_worker": r.gpus_per_worker, "optuna.study": name,
-        "optuna.storage": tracking.redact(optuna_storage), "space.params": ", ".join(spec.space) or "none",
-    }
-    if sch.type == "asha":
-        params.update({"scheduler.grace_epochs": sch.grace_epochs, "scheduler.max_epochs": sch.max_epochs,
-                       "scheduler.reduction_factor": sch.reduction_factor})
-    c.log_batch(run_id, params=[Param(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()])
-    with tempfile.TemporaryDirectory(prefix="binsweep-sweep-") as d:
-        (Path(d) / "sweep.yaml").write_text(sweep_file)
-        (Path(d) / "space.txt").write_text(describe(spec) + "\n")
-        tracking.log_files(run_id, {"sweep": Path(d) / "sweep.yaml", "space": Path(d) / "space.txt"})
-    return exp_id, run_id
-
-
-def mark_interrupted(parent_run_id: str | None) -> None:
-    if parent_run_id is None:
-        return
-    c = tracking.client()
-    tracking.with_retries(lambda: c.set_tag(parent_run_id, TAG_STATE, sw.INTERRUPTED), "sweep state")
-    tracking.with_retries(lambda: c.set_terminated(parent_run_id, status="KILLED"), "sweep status")
-
-
-def parent_state(parent_run_id: str) -> str:
-    """finished, failed or interrupted (the parent's binsweep.state), as the last session left it."""
-    run = tracking.with_retries(lambda: tracking.client().get_run(parent_run_id), "sweep run")
-    return run.data.tags.get(TAG_STATE, "unknown") if run is not None else "unknown"
-
-
 # --------------------------------------------------------------------------------------------------- callback
 
 
 class MlflowSweepCallback(Callback):
     """Parent and child runs of one sweep; see the module docstring. Construct with the sweep's context."""
 
-    def __init__(self, ctx: sw.SweepContext, *, evaluate: bool = True):
+    def __init__(self, ctx: SweepContext, *, evaluate: bool = True):
         self.ctx = ctx
         self.evaluate = evaluate
         # trial id -> {run_id, state, last_epoch, best: [value, epoch, checkpoint_path] | None, wall_s, evaluated,
@@ -155,21 +84,23 @@ class MlflowSweepCallback(Callback):
         self._rt = {"client": tracking.client(), "lock": threading.Lock(), "started": {}, "first": {},
                     "restarted": set(),
                     "pool": ThreadPoolExecutor(1, thread_name_prefix="binsweep-eval"),
-                    "trainable": get_trainable(spec.trainable), "fingerprint": self._fingerprint()}
+                    "trainable": get_trainable(spec.trainable)}
+        self._rt["fingerprint"] = self._fingerprint()
         parent = self.ctx.parent_run_id
         c = self._rt["client"]
         tracking.with_retries(lambda: c.update_run(parent, status="RUNNING"), "sweep status")
-        tracking.with_retries(lambda: c.set_tag(parent, TAG_STATE, sw.RUNNING), "sweep state")
+        tracking.with_retries(lambda: c.set_tag(parent, TAG_STATE, names.RUNNING), "sweep state")
         # a previous driver died after a trial ended but before its evaluation was logged
         for tid, rec in self._trials.items():
-            if rec["state"] in (sw.COMPLETED, sw.STOPPED) and not rec.get("evaluated"):
+            if rec["state"] in names.SUCCEEDED_STATES and not rec.get("evaluated"):
                 self._rt["pool"].submit(self._finish, tid)
 
     def _fingerprint(self) -> str:
-        from sweep_platform.training import _dataset_fingerprint, resolve_data_root
+        from sweep_platform.training import dataset_fingerprint, resolve_data_root
 
         try:
-            return _dataset_fingerprint(resolve_data_root(sw.trial_model_config(self.ctx.spec, {})))
+            base = trial_model_config(self.ctx.spec, {})
+            return dataset_fingerprint(resolve_data_root(self._rt["trainable"], base))
         except Exception:  # noqa: BLE001 - a tag is not worth failing a sweep for
             return "unknown"
 
@@ -181,17 +112,17 @@ class MlflowSweepCallback(Callback):
     def _find_run(self, trial_id: str) -> dict[str, Any] | None:
         """A child run of this sweep for the trial that the restored state did not know about yet."""
         c = self._client()
-        flt = (f"tags.`{tracking.TAG_PARENT}` = '{self.ctx.parent_run_id}' and "
-               f"tags.`{tracking.TAG_TRIAL}` = '{trial_id}'")
+        flt = (f"tags.`{names.TAG_PARENT}` = '{self.ctx.parent_run_id}' and "
+               f"tags.`{names.TAG_TRIAL}` = '{trial_id}'")
         found = tracking.with_retries(lambda: c.search_runs([self.ctx.experiment_id], filter_string=flt,
                                                             max_results=1), "find trial run")
         if not found:
             return None
         run = found[0]
-        state = run.data.tags.get(TAG_STATE, sw.RUNNING)
+        state = run.data.tags.get(TAG_STATE, names.RUNNING)
         return {"run_id": run.info.run_id, "state": state, "last_epoch": 0, "best": None, "wall_s": 0.0,
                 "evaluated": TAG_BEST_CHECKPOINT in run.data.tags
-                or (run.info.status != "RUNNING" and state in sw.FINAL_STATES)}
+                or (run.info.status != "RUNNING" and state in names.FINAL_STATES)}
 
     def _logged_epoch(self, run_id: str) -> int:
         hist = tracking.with_retries(lambda: self._client().get_metric_history(run_id, "epoch"), "epoch history")
@@ -202,20 +133,20 @@ class MlflowSweepCallback(Callback):
 
         spec, rt = self.ctx.spec, self._rt
         try:
-            validated = sw.trial_model_config(spec, trial.config)
-            config, params_m = validated.model_dump(mode="json"), sw.count_params_m(rt["trainable"], validated)
+            validated = trial_model_config(spec, trial.config)
+            config, params_m = validated.model_dump(mode="json"), count_params_m(rt["trainable"], validated)
         except Exception:  # noqa: BLE001 - an invalid combination: the trial fails with the reason; log what it got
-            from sweep_platform.space import trial_config
+            from sweep_platform.sweep_spec import trial_config
 
             config, params_m = trial_config(spec, trial.config), None
-        tags = {tracking.TAG_PARENT: self.ctx.parent_run_id, tracking.TAG_TRIAL: trial.trial_id,
-                tracking.TAG_SWEEP: self.ctx.name, tracking.TAG_TRAINABLE: spec.trainable,
-                tracking.TAG_DATASET: rt["fingerprint"], tracking.TAG_GIT: tracking.git_sha(), TAG_STATE: sw.RUNNING,
-                TAG_TRAIN_NAME: sw.train_run_name(self.ctx.name, trial.trial_id)}
+        tags = {names.TAG_PARENT: self.ctx.parent_run_id, names.TAG_TRIAL: trial.trial_id,
+                names.TAG_SWEEP: self.ctx.name, names.TAG_TRAINABLE: spec.trainable,
+                names.TAG_DATASET: rt["fingerprint"], names.TAG_GIT: tracking.git_sha(), TAG_STATE: names.RUNNING,
+                TAG_TRAIN_NAME: storage.train_run_name(self.ctx.name, trial.trial_id)}
         c = self._client()
         run = tracking.with_retries(lambda: c.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags),
                                     f"run of trial {trial.trial_id}")
-        rec = {"run_id": run.info.run_id if run else None, "state": sw.RUNNING, "last_epoch": 0, "best": None,
+        rec = {"run_id": run.info.run_id if run else None, "state": names.RUNNING, "last_epoch": 0, "best": None,
                "wall_s": 0.0, "evaluated": False}
         if run is not None:
             r = spec.resources
@@ -231,19 +162,19 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         tid = trial.trial_id
-        if tid in self._rt["started"] and self._trials.get(tid, {}).get("state") == sw.RUNNING:
+        if tid in self._rt["started"] and self._trials.get(tid, {}).get("state") == names.RUNNING:
             return  # already started in this session
         rec = self._trials.get(tid) or self._find_run(tid)
         if rec is None:
             rec = self._create_run(trial)
-        elif rec["run_id"] and rec["state"] not in sw.FINAL_STATES:
+        elif rec["run_id"] and rec["state"] not in names.FINAL_STATES:
             # resumed: the same run goes on; epochs it already has are not logged twice
             rec["last_epoch"] = max(rec["last_epoch"], self._logged_epoch(rec["run_id"]))
             rec["restarts"] = rec.get("restarts", 0) + 1
             c, run_id = self._client(), rec["run_id"]
             tracking.with_retries(lambda: c.update_run(run_id, status="RUNNING"), "run status")
-            tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, sw.RUNNING), "run state")
-            rec["state"] = sw.RUNNING
+            tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, names.RUNNING), "run state")
+            rec["state"] = names.RUNNING
             self._rt["restarted"].add(tid)
         with self._rt["lock"]:
             self._trials[tid] = rec
@@ -256,7 +187,7 @@ class MlflowSweepCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.trial_id
         rec = self._trials.get(tid)
-        if rec is None or rec["run_id"] is None or rec["state"] in sw.FINAL_STATES:
+        if rec is None or rec["run_id"] is None or rec["state"] in names.FINAL_STATES:
             return
         epoch = int(result.get("epoch", 0))
         rec["wall_s"] = self._wall(tid)
@@ -273,12 +204,12 @@ class MlflowSweepCallback(Callback):
 
     def _log_epoch(self, rec: dict, epoch: int, metrics: dict, checkpoint_path: str | None) -> None:
         spec, run_id = self.ctx.spec, rec["run_id"]
-        values = {k: v for k, v in metrics.items() if k not in _NOT_EPOCH and _finite(v)}
+        values = {k: v for k, v in metrics.items() if k not in _NOT_EPOCH and tracking.is_number(v)}
         tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, values, step=epoch), f"epoch {epoch}")
         value = metrics.get(spec.metric)
         with self._rt["lock"]:
             rec["last_epoch"] = max(rec["last_epoch"], epoch)
-            if _finite(value) and checkpoint_path and _better(value, (rec["best"] or [None])[0], spec.mode):
+            if tracking.is_number(value) and checkpoint_path and _better(value, (rec["best"] or [None])[0], spec.mode):
                 rec["best"] = [float(value), epoch, checkpoint_path]
 
     def _backfill(self, tid: str, rec: dict, before: float = math.inf) -> None:
@@ -289,28 +220,7 @@ class MlflowSweepCallback(Callback):
                 self._log_epoch(rec, epoch, metrics, path)
 
     def _checkpoints(self, tid: str) -> list[tuple[int, str, dict]]:
-        """(epoch, path, metrics) of the checkpoints the trial's Train run still keeps, oldest first."""
-        import pyarrow.fs
-
-        from trainables.loop import CONFIG_FILE
-
-        fs, root = sw._fs(ray_runtime.storage_path())
-        run_dir = f"{root}/{sw.train_run_name(self.ctx.name, tid)}"
-        try:
-            infos = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
-        except OSError:
-            return []
-        out = []
-        for info in infos:
-            if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-                continue
-            try:
-                with fs.open_input_stream(f"{info.path}/{CONFIG_FILE}") as f:
-                    meta = json.loads(f.read().decode())
-                out.append((int(meta["epoch"]), info.path, dict(meta.get("metrics", {}))))
-            except (OSError, ValueError, KeyError):
-                continue  # being written, or deleted by Train's num_to_keep meanwhile
-        return sorted(out, key=lambda x: x[0])
+        return storage.trial_checkpoints(self.ctx.name, tid)
 
     def _startup(self, tid: str, run_id: str) -> None:
         """Seconds from the trial's start to its first epoch's start (first report time minus one epoch's time):
@@ -331,7 +241,7 @@ class MlflowSweepCallback(Callback):
         rec = self._trials.get(tid)
         if rec is None or rec["run_id"] is None:
             return
-        if rec["state"] in sw.FINAL_STATES:  # rerun after a restore that lagged behind MLflow: already recorded
+        if rec["state"] in names.FINAL_STATES:  # rerun after a restore that lagged behind MLflow: already recorded
             if not rec.get("evaluated"):
                 self._rt["pool"].submit(self._finish, tid)
             return
@@ -341,7 +251,7 @@ class MlflowSweepCallback(Callback):
             self._rt["restarted"].discard(tid)
             self._tags(rec["run_id"], {TAG_RESTARTS: str(rec["restarts"]), TAG_RESUMED_FROM: str(rec["last_epoch"])})
         last = max(rec["last_epoch"], int((trial.last_result or {}).get("epoch", 0)))
-        state = sw.end_state(self.ctx.spec, trial.config, last)
+        state = end_state(self.ctx.spec, trial.config, last)
         self._end(tid, rec, state)
         self._rt["pool"].submit(self._finish, tid)
 
@@ -351,12 +261,12 @@ class MlflowSweepCallback(Callback):
         if rec is None:  # failed before it started (e.g. its actor could not be placed)
             self.on_trial_start(iteration, trials, trial)
             rec = self._trials[tid]
-        if rec["run_id"] is None or rec["state"] in sw.FINAL_STATES:
+        if rec["run_id"] is None or rec["state"] in names.FINAL_STATES:
             return
-        error = sw.trial_error(trial)
+        error = trial_error(trial)
         c, run_id = self._client(), rec["run_id"]
         tracking.with_retries(lambda: c.set_tag(run_id, TAG_ERROR, error[:5000]), "error tag")
-        self._end(tid, rec, sw.FAILED)
+        self._end(tid, rec, names.FAILED)
         tracking.with_retries(lambda: c.set_terminated(run_id, status="FAILED"), "run status")
 
     def _tags(self, run_id: str, tags: dict[str, str]) -> None:
@@ -387,10 +297,10 @@ class MlflowSweepCallback(Callback):
                 path, epoch = found
                 from sweep_platform.training import evaluate_and_log
 
-                with _checkpoint_dir(path) as d:
+                with storage.checkpoint_dir(path) as d:
                     evaluate_and_log(self._rt["trainable"], d, run_id, split="test", log_model=True)
                 tracking.with_retries(lambda: c.set_tag(run_id, TAG_BEST_CHECKPOINT, path), "checkpoint tag")
-                tracking.with_retries(lambda: c.set_tag(run_id, "binsweep.best_epoch", str(epoch)), "epoch tag")
+                tracking.with_retries(lambda: c.set_tag(run_id, names.TAG_BEST_EPOCH, str(epoch)), "epoch tag")
             elif found is None:
                 tracking.with_retries(lambda: c.set_tag(run_id, TAG_EVAL_ERROR, "no checkpoint to evaluate"), "tag")
         except Exception as exc:  # noqa: BLE001 - a failed evaluation leaves the trial's training results intact
@@ -411,7 +321,7 @@ class MlflowSweepCallback(Callback):
         spec, best = self.ctx.spec, None
         for epoch, path, metrics in kept:
             v = metrics.get(spec.metric)
-            if _finite(v) and _better(v, best[0] if best else None, spec.mode):
+            if tracking.is_number(v) and _better(v, best[0] if best else None, spec.mode):
                 best = (v, path, epoch)
         return (best[1], best[2]) if best else None
 
@@ -423,26 +333,26 @@ class MlflowSweepCallback(Callback):
         c, parent, spec = self._client(), self.ctx.parent_run_id, self.ctx.spec
         # Ctrl-C: Tune saved the experiment, then stopped the running trials without on_trial_complete
         for tid, rec in self._trials.items():
-            if rec["state"] == sw.RUNNING and rec["run_id"]:
+            if rec["state"] == names.RUNNING and rec["run_id"]:
                 run_id = rec["run_id"]
-                tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, sw.INTERRUPTED), "run state")
+                tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, names.INTERRUPTED), "run state")
                 tracking.with_retries(lambda: c.set_terminated(run_id, status="KILLED"), "run status")
-                rec["state"] = sw.INTERRUPTED
-        counts = {s: 0 for s in (*sw.FINAL_STATES, sw.INTERRUPTED)}
+                rec["state"] = names.INTERRUPTED
+        counts = {s: 0 for s in (*names.FINAL_STATES, names.INTERRUPTED)}
         for rec in self._trials.values():
             counts[rec["state"]] = counts.get(rec["state"], 0) + 1
         pending = sum(1 for t in trials if t.status in ("PENDING", "PAUSED"))
-        ended = sum(counts[s] for s in sw.FINAL_STATES)
-        complete = counts[sw.INTERRUPTED] == 0 and pending == 0 and ended >= spec.trials
+        ended = sum(counts[s] for s in names.FINAL_STATES)
+        complete = counts[names.INTERRUPTED] == 0 and pending == 0 and ended >= spec.trials
         metrics = {f"trials_{s}": n for s, n in counts.items()}
         best = min(((rec["best"][0] if spec.mode == "min" else -rec["best"][0], tid)
-                    for tid, rec in self._trials.items() if rec["state"] in (sw.COMPLETED, sw.STOPPED) and rec["best"]),
+                    for tid, rec in self._trials.items() if rec["state"] in names.SUCCEEDED_STATES and rec["best"]),
                    default=None)
         if best is not None:
             tid = best[1]
             rec = self._trials[tid]
-            tracking.with_retries(lambda: c.set_tag(parent, "binsweep.best_trial", tid), "best trial")
-            tracking.with_retries(lambda: c.set_tag(parent, "binsweep.best_run_id", rec["run_id"]), "best run")
+            tracking.with_retries(lambda: c.set_tag(parent, names.TAG_BEST_TRIAL, tid), "best trial")
+            tracking.with_retries(lambda: c.set_tag(parent, names.TAG_BEST_RUN, rec["run_id"]), "best run")
             child = tracking.with_retries(lambda: c.get_run(rec["run_id"]), "best run")
             if child is not None:
                 metrics.update({k: v for k, v in child.data.metrics.items()
@@ -452,21 +362,8 @@ class MlflowSweepCallback(Callback):
         wall = sum(rec["wall_s"] for rec in self._trials.values())
         metrics["gpu_hours"] = wall * r.workers * r.gpus_per_worker / 3600
         tracking.with_retries(lambda: tracking.log_metrics_batch(parent, metrics, step=0), "sweep summary")
-        succeeded = counts[sw.COMPLETED] + counts[sw.STOPPED]
+        succeeded = counts[names.COMPLETED] + counts[names.STOPPED]
         state, status = ("interrupted", "KILLED") if not complete else \
             ("finished", "FINISHED") if succeeded else ("failed", "FAILED")
         tracking.with_retries(lambda: c.set_tag(parent, TAG_STATE, state), "sweep state")
         tracking.with_retries(lambda: c.set_terminated(parent, status=status), "sweep status")
-
-
-@contextlib.contextmanager
-def _checkpoint_dir(path: str):
-    """A checkpoint as a local directory: itself on local storage, a download from shared storage otherwise."""
-    if Path(path).is_dir():
-        yield path
-        return
-    import ray.train
-
-    fs, _ = sw._fs(ray_runtime.storage_path())
-    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
-        yield d

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from trainables.home import home, resolve
 
-def home() -> Path:
-    return Path(os.environ.get("BINSWEEP_HOME", ".")).resolve()
+__all__ = ["home", "resolve", "runs_dir"]
 
 
 def runs_dir() -> Path:

@@ -1,10 +1,11 @@
 """`binsweep report NAME -o report.html`: one self-contained HTML page about a sweep.
 
-Contents: the leaderboard (with the paper's values for BAST), parameter importances from the sweep's Optuna study,
-one metric-versus-parameter plot per parameter that varies, and the best trial's per-azimuth polar plot, hemifield
-test and attention rollout (downloaded from its MLflow artifacts under `evaluation/`). Every image is embedded as a
-base64 data URI and the style sheet is inline, so the file opens anywhere, offline. The page is also logged to the
-sweep's parent run as the artifact `report.html`.
+Contents: the leaderboard (with the published reference values of the trainable's PaperReference, when it has one),
+parameter importances from the sweep's Optuna study, one metric-versus-parameter plot per parameter that varies, and
+the best trial's evaluation plots and summary, whatever its trainable's evaluation wrote (downloaded from its MLflow
+artifacts under `evaluation/`, captioned by file name). Every
+image is embedded as a base64 data URI and the style sheet is inline, so the file opens anywhere, offline. The page
+is also logged to the sweep's parent run as the artifact `report.html`.
 
 Optuna storage: BINSWEEP_OPTUNA_STORAGE, else `sqlite:///<BINSWEEP_HOME>/runs/optuna.db` (design.md); the study has
 the sweep's name.
@@ -25,22 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from sweep_platform import leaderboard as lb
-from sweep_platform import paper_results, paths, tracking
+from sweep_platform import names, tracking
+from sweep_platform.storage import optuna_storage
 
 log = logging.getLogger(__name__)
 
-# The best trial's evaluation plots, in page order: artifact name -> caption.
-BEST_TRIAL_PLOTS = {
-    "ad_per_azimuth.png": "Mean angular error per azimuth (test split; 0° = front, 90° = left)",
-    "hemifield.png": "Left versus right hemifield (paired t-tests at mirrored azimuths)",
-    "attention_rollout.png": "Attention rollout of one test sample near 90° (left)",
-    "predictions.png": "Predicted (x, y) against the unit circle",
-}
 MIN_TRIALS_FOR_IMPORTANCE = 3
-
-
-def optuna_storage() -> str:
-    return os.environ.get("BINSWEEP_OPTUNA_STORAGE") or f"sqlite:///{paths.runs_dir() / 'optuna.db'}"
+EVALUATION_DIR = "evaluation"  # where training logs a run's evaluation files (training.evaluate_and_log)
 
 
 def _png_data_uri(png: bytes) -> str:
@@ -110,9 +102,9 @@ def param_importances(study_name: str, storage: str | None = None) -> tuple[dict
 
 def _importance_png(importances: dict[str, float]) -> bytes:
     plt = _pyplot()
-    names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.2))
-    ax.barh(names, [importances[n] for n in names], color="#4c72b0")
+    params = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(params) + 1.2))
+    ax.barh(params, [importances[p] for p in params], color="#4c72b0")
     ax.set_xlabel("importance (fANOVA)")
     ax.set_xlim(0, max(1e-9, max(importances.values())) * 1.1)
     return _figure_png(fig)
@@ -172,20 +164,21 @@ def metric_vs_param_png(rows: list[dict], param: str) -> bytes | None:
 
 
 def best_trial_artifacts(run_id: str) -> tuple[dict[str, bytes], str | None]:
-    """The best trial's evaluation plots (name -> PNG bytes) and summary text, from its MLflow artifacts."""
+    """The best trial's evaluation plots (every PNG its trainable's evaluation wrote: name -> PNG bytes, by name) and
+    summary text, from its MLflow artifacts."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     c = tracking.client()
     try:
-        present = {Path(f.path).name for f in c.list_artifacts(run_id, "evaluation")}
+        present = sorted(Path(f.path).name for f in c.list_artifacts(run_id, EVALUATION_DIR) if not f.is_dir)
     except Exception:  # noqa: BLE001
-        present = set()
+        present = []
     images, summary = {}, None
     with tempfile.TemporaryDirectory(prefix="binsweep-report-") as d:
-        for name in [*BEST_TRIAL_PLOTS, "summary.txt"]:
-            if name not in present:
+        for name in present:
+            if not name.endswith(".png") and name != "summary.txt":
                 continue
             try:
-                local = Path(c.download_artifacts(run_id, f"evaluation/{name}", d))
+                local = Path(c.download_artifacts(run_id, f"{EVALUATION_DIR}/{name}", d))
             except Exception as exc:  # noqa: BLE001
                 log.warning("cannot download evaluation/%s of run %s: %s", name, run_id, exc)
                 continue
@@ -194,6 +187,12 @@ def best_trial_artifacts(run_id: str) -> tuple[dict[str, bytes], str | None]:
             else:
                 images[name] = local.read_bytes()
     return images, summary
+
+
+def _caption(file_name: str) -> str:
+    """A plot's caption from its file name: attention_rollout.png -> Attention rollout."""
+    words = Path(file_name).stem.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
 
 
 # --------------------------------------------------------------------------------------------- page
@@ -218,8 +217,8 @@ def _leaderboard_html(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cells = "".join(f'<td{" class=num" if lb.numeric_column(h, rows[0]["metric"]) else ""}>'
-                        f"{html.escape(lb._fmt(get(r)))}</td>" for h, get in cols)
-        body.append(f'<tr{" class=failed" if r["state"] == "failed" else ""}>{cells}</tr>')
+                        f"{html.escape(lb.format_value(get(r)))}</td>" for h, get in cols)
+        body.append(f'<tr{" class=failed" if r["state"] == names.FAILED else ""}>{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -227,8 +226,8 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
                trainable: str | None = None) -> tuple[str, lb.SweepRef]:
     """The report page as a string, and the sweep it describes."""
     ref = lb.find_sweep(sweep, trainable)
-    is_bast = ref.trainable == "bast"
-    rows = lb.leaderboard(ref, metric=metric, compare_paper=is_bast)
+    paper = getattr(lb.trainable_spec(ref.trainable), "paper", None)
+    rows = lb.leaderboard(ref, metric=metric, compare_paper=paper is not None)
     objective, mode = ref.objective()
     states: dict[str, int] = {}
     for r in rows:
@@ -250,10 +249,8 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
         + "; failed trials last.</p>",
         _leaderboard_html(rows),
     ]
-    if is_bast:
-        parts.append(f'<p class="note">paper_ad_deg / paper_mse: {e(paper_results.SOURCE)}, matched by sharing, '
-                     f"integration and loss; the paper's models are full size on its own dataset, so these are a "
-                     f"reference point, not a target.</p>")
+    if paper is not None:
+        parts.append(f'<p class="note">{e(" / ".join(paper.columns))}: {e(paper.source)}.</p>')
 
     parts.append("<h2>Parameter importances</h2>")
     importances, note = param_importances(ref.name, storage)
@@ -283,15 +280,14 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
     else:
         settings = ", ".join(f"{k} = {v}" for k, v in best["params"].items())
         parts.append(f"<p>trial <b>{e(str(best['trial']))}</b> (run <code>{e(best['run_id'])}</code>): "
-                     f"{e(best['metric'])} {e(lb._fmt(best['value']))}; {e(settings)}</p>")
+                     f"{e(best['metric'])} {e(lb.format_value(best['value']))}; {e(settings)}</p>")
         images, summary = best_trial_artifacts(best["run_id"])
         if images:
             parts.append('<div class="grid">' + "".join(
-                f"<figure>{_img(images[n], cap)}<figcaption>{e(cap)}</figcaption></figure>"
-                for n, cap in BEST_TRIAL_PLOTS.items() if n in images) + "</div>")
-        missing = [n for n in BEST_TRIAL_PLOTS if n not in images and n != "predictions.png"]
-        if missing:
-            parts.append(f'<p class="note">not in the run\'s artifacts: {e(", ".join(missing))}</p>')
+                f"<figure>{_img(png, _caption(n))}<figcaption>{e(_caption(n))}</figcaption></figure>"
+                for n, png in images.items()) + "</div>")
+        else:
+            parts.append(f'<p class="note">no plots in the run\'s {EVALUATION_DIR}/ artifacts</p>')
         if summary:
             parts.append(f"<pre>{e(summary)}</pre>")
     parts.append("</body></html>")

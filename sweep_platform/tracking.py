@@ -7,6 +7,7 @@ MLFLOW_TRACKING_URI overrides (a server on a cluster). MLflow 3 refuses a plain 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
@@ -19,12 +20,6 @@ from sweep_platform import paths
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TAG_SWEEP = "binsweep.sweep_id"
-TAG_TRIAL = "binsweep.trial_id"
-TAG_TRAINABLE = "binsweep.trainable"
-TAG_DATASET = "binsweep.dataset_fingerprint"
-TAG_GIT = "binsweep.git_sha"
-TAG_PARENT = "mlflow.parentRunId"
 
 
 def embedded_uri() -> str:
@@ -93,6 +88,11 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def params_of(config: dict) -> dict[str, str]:
     return {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(config).items()}
+
+
+def is_number(v) -> bool:
+    """A finite int or float (not a bool): what MLflow can store as a metric."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, delay_s: float = 0.5) -> T | None:

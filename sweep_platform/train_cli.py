@@ -10,19 +10,20 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sweep_platform.errors import make_console, run_guarded
+from sweep_platform import cli_options as opt
+from sweep_platform.errors import console
 
-console = make_console()
 
-
-def _summary_table(outcome, primary: str) -> Table:
+def _summary_table(outcome, spec) -> Table:
     table = Table(title="per-epoch metrics (rank 0, all-reduced)")
-    keys = [k for k in ("train_loss", "val_loss", primary, "val_mse", "samples_per_s")
-            if any(k in h for h in outcome.history)]
+    primary = spec.primary_metric
+    wanted = dict.fromkeys(("train_loss", "val_loss", primary, *spec.reported_metrics, "samples_per_s"))
+    keys = [k for k in wanted if any(k in h for h in outcome.history)]
     table.add_column("epoch", justify="right")
     for k in keys:
         table.add_column(k, justify="right")
-    best = min(outcome.history, key=lambda h: h.get(primary, float("inf"))) if outcome.history else None
+    sign = 1 if spec.mode == "min" else -1  # a missing value ranks last either way
+    best = min(outcome.history, key=lambda h: sign * h.get(primary, sign * float("inf"))) if outcome.history else None
     for h in outcome.history:
         mark = " *" if h is best else ""
         table.add_row(f"{int(h['epoch'])}{mark}", *[f"{h[k]:.4g}" if k in h else "" for k in keys])
@@ -30,7 +31,7 @@ def _summary_table(outcome, primary: str) -> Table:
 
 
 def train(
-    trainable: Annotated[str, typer.Argument(help="Registered trainable, e.g. bast.")],
+    trainable: opt.TrainableArg,
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config of the trainable (model, loss, train, "
                                          "data sections); missing keys take their defaults.")],
     workers: Annotated[int, typer.Option(help="Ray Train workers (DDP ranks), e.g. 2.", min=1)] = 1,
@@ -38,30 +39,25 @@ def train(
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs per worker (torch threads).", min=0.1)] = 1,
     name: Annotated[Optional[str], typer.Option(help="Run name; rerunning an interrupted name resumes it from its "
                                                  "last checkpoint (default: TRAINABLE-TIMESTAMP).")] = None,
-    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from (restore from the last "
-                                              "checkpoint) before giving up.", min=0)] = 2,
+    max_failures: opt.MaxFailuresOpt = 2,
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default binsweep-TRAINABLE).")] = None,
 ) -> None:
     """Train once on Ray Train (local Ray, or the cluster in RAY_ADDRESS) and log the run to MLflow."""
+    from sweep_platform import configfile, tracking
+    from sweep_platform.training import Resources, run_training
+    from trainables.registry import get_trainable
 
-    def _run():
-        from sweep_platform import configfile, tracking
-        from sweep_platform.training import Resources, run_training
-        from trainables.registry import get_trainable
-
-        spec = get_trainable(trainable)
-        cfg = configfile.load_config(spec.config_type, config)
-        run_name = name or f"{trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
-        resources = Resources(workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
-        console.print(f"training [bold]{trainable}[/bold] run [bold]{run_name}[/bold]: {workers} worker(s), "
-                      f"{gpus_per_worker:g} GPU(s) each; MLflow {tracking.redact(tracking.tracking_uri())}",
-                      highlight=False)
-        outcome = run_training(trainable, cfg, name=run_name, resources=resources, max_failures=max_failures,
-                               experiment=experiment, fault=os.environ.get("BINSWEEP_FAULT"))
-        console.print(_summary_table(outcome, spec.primary_metric))
-        if outcome.evaluation is not None:
-            console.print(outcome.evaluation.summary, highlight=False)
-        console.print(f"best checkpoint: {outcome.best_checkpoint}", highlight=False)
-        console.print(f"MLflow run: {outcome.run_id}  ({outcome.wall_s:.0f} s)", highlight=False)
-
-    run_guarded(_run)
+    spec = get_trainable(trainable)
+    cfg = configfile.load_config(spec.config_type, config)
+    run_name = name or f"{trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
+    resources = Resources(workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    console.print(f"training [bold]{trainable}[/bold] run [bold]{run_name}[/bold]: {workers} worker(s), "
+                  f"{gpus_per_worker:g} GPU(s) each; MLflow {tracking.redact(tracking.tracking_uri())}",
+                  highlight=False)
+    outcome = run_training(trainable, cfg, name=run_name, resources=resources, max_failures=max_failures,
+                           experiment=experiment, fault=os.environ.get("BINSWEEP_FAULT"))
+    console.print(_summary_table(outcome, spec))
+    if outcome.evaluation is not None:
+        console.print(outcome.evaluation.summary, highlight=False)
+    console.print(f"best checkpoint: {outcome.best_checkpoint}", highlight=False)
+    console.print(f"MLflow run: {outcome.run_id}  ({outcome.wall_s:.0f} s)", highlight=False)

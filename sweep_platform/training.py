@@ -16,14 +16,24 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sweep_platform import ray_runtime, tracking
+from sweep_platform import names, paths, ray_runtime, tracking
+from sweep_platform.errors import RUN_ERROR, BinsweepError
+from sweep_platform.model_store import load_checkpoint
 from trainables.registry import TrainableSpec, get_trainable
 
-TAG_TRAIN_NAME = "binsweep.train_name"
+
+class DatasetNotFoundError(BinsweepError, FileNotFoundError):
+    """A config's data.root holds no dataset on this machine."""
 
 
-class TrainingFailed(RuntimeError):
-    """A run that ended in an error; the message is the root cause from the worker (e.g. a NaN loss)."""
+class TrainingFailed(BinsweepError, RuntimeError):
+    """A run that ended in an error after its retries; the message is the root cause from the worker."""
+
+    exit_code = RUN_ERROR
+
+
+class TrainingRejected(BinsweepError, ValueError):
+    """The trainable refused its config or data on the worker (e.g. a dataset at another sample rate)."""
 
 
 def _callback_base():
@@ -65,17 +75,17 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def resolve_data_root(config: BaseModel) -> BaseModel:
+def resolve_data_root(spec: TrainableSpec, config: BaseModel) -> BaseModel:
     """Workers may run elsewhere: a relative data.root becomes absolute under this machine's BINSWEEP_HOME."""
-    from sweep_platform import paths
-
     data = getattr(config, "data", None)
     if data is None or Path(data.root).is_absolute():
         return config
-    root = paths.home() / data.root
+    root = paths.resolve(data.root)
     if not (root / "manifest.json").is_file():
-        raise FileNotFoundError(f"data.root {data.root}: no dataset at {root} (manifest.json missing); build one with "
-                                f"`binsweep data localization --out {data.root}`")
+        builder = spec.dataset_builder
+        how = f"; build one with `{builder.command} --out {data.root}`" if builder else ""
+        raise DatasetNotFoundError(f"data.root {data.root}: no {spec.name} dataset at {root} (manifest.json "
+                                   f"missing){how}")
     return config.model_copy(update={"data": data.model_copy(update={"root": str(root)})})
 
 
@@ -112,17 +122,6 @@ def make_trainer(spec: TrainableSpec, config: BaseModel, *, name: str, resources
     )
 
 
-def load_model(spec: TrainableSpec, checkpoint_dir: str | Path, device: str = "cpu"):
-    """The model of a checkpoint written by trainables.loop, with the config it was trained with."""
-    from trainables.loop import load_checkpoint_state, read_checkpoint_config
-
-    meta = read_checkpoint_config(checkpoint_dir)
-    config = spec.config_type.model_validate(meta["config"])
-    model = spec.build_model(config)
-    model.load_state_dict(load_checkpoint_state(checkpoint_dir)["model"])
-    return model.to(device).eval(), config, meta
-
-
 @dataclass
 class Evaluated:
     metrics: dict[str, float]
@@ -138,7 +137,7 @@ def evaluate_and_log(spec: TrainableSpec, checkpoint_dir: str | Path, run_id: st
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, config, _ = load_model(spec, checkpoint_dir, device)
+    model, config, _ = load_checkpoint(spec, checkpoint_dir, device)
     with tempfile.TemporaryDirectory(prefix="binsweep-eval-") as out:
         result = spec.evaluate(model, config, split, out_dir=Path(out), device=device)
         model_uri = None
@@ -167,13 +166,13 @@ def _find_or_create_run(spec: TrainableSpec, config: BaseModel, name: str, exper
     """Reuse the run of an interrupted `binsweep train --name NAME`, so a resumed run stays one MLflow run."""
     c = tracking.client()
     exp_id = tracking.ensure_experiment(tracking.experiment_name(spec.name, experiment))
-    found = c.search_runs([exp_id], filter_string=f"tags.`{TAG_TRAIN_NAME}` = '{name}'", max_results=1)
+    found = c.search_runs([exp_id], filter_string=f"tags.`{names.TAG_TRAIN_NAME}` = '{name}'", max_results=1)
     if found and found[0].info.status != "FINISHED":
         c.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     run = c.create_run(exp_id, run_name=name, tags={
-        TAG_TRAIN_NAME: name, tracking.TAG_TRAINABLE: spec.name, tracking.TAG_GIT: tracking.git_sha(),
-        tracking.TAG_DATASET: _dataset_fingerprint(config)})
+        names.TAG_TRAIN_NAME: name, names.TAG_TRAINABLE: spec.name, names.TAG_GIT: tracking.git_sha(),
+        names.TAG_DATASET: dataset_fingerprint(config)})
     params = tracking.params_of(config.model_dump(mode="json"))
     params.update({"resources.workers": resources.workers, "resources.gpus_per_worker": resources.gpus_per_worker,
                    "resources.cpus_per_worker": resources.cpus_per_worker})
@@ -183,7 +182,7 @@ def _find_or_create_run(spec: TrainableSpec, config: BaseModel, name: str, exper
     return run.info.run_id
 
 
-def _dataset_fingerprint(config: BaseModel) -> str:
+def dataset_fingerprint(config: BaseModel) -> str:
     import json
 
     data = getattr(config, "data", None)
@@ -209,7 +208,7 @@ def run_training(trainable: str, config: BaseModel, *, name: str, resources: Res
                  max_failures: int = 0, keep_checkpoints: int = 2, experiment: str | None = None,
                  evaluate: bool = True, fault: str | None = None) -> Outcome:
     spec = get_trainable(trainable)
-    config = resolve_data_root(config)
+    config = resolve_data_root(spec, config)
     ray_runtime.ensure_ray()
     run_id = _find_or_create_run(spec, config, name, experiment, resources)
     c = tracking.client()
@@ -221,11 +220,13 @@ def run_training(trainable: str, config: BaseModel, *, name: str, resources: Res
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised as the root cause
         cause = root_cause(exc)
-        tracking.with_retries(lambda: c.set_tag(run_id, "binsweep.error", tracking.redact(str(cause))[:5000]),
+        tracking.with_retries(lambda: c.set_tag(run_id, names.TAG_ERROR, tracking.redact(str(cause))[:5000]),
                               "error tag")
         tracking.with_retries(lambda: c.set_terminated(run_id, status="FAILED"), "run status")
-        if isinstance(cause, (FloatingPointError, ValueError)):
+        if isinstance(cause, FloatingPointError):
             raise cause from None
+        if isinstance(cause, ValueError):  # the worker's frames are gone: the message is what the user needs
+            raise TrainingRejected(str(cause)) from None
         raise TrainingFailed(f"training run {name} failed: {cause}") from exc
     wall = time.perf_counter() - t0
     best = result.get_best_checkpoint(spec.primary_metric, spec.mode) or result.checkpoint
@@ -237,6 +238,6 @@ def run_training(trainable: str, config: BaseModel, *, name: str, resources: Res
     if evaluate:
         with best.as_directory() as d:
             evaluation = evaluate_and_log(spec, d, run_id)
-    tracking.with_retries(lambda: c.set_tag(run_id, "binsweep.best_checkpoint", best.path), "checkpoint tag")
+    tracking.with_retries(lambda: c.set_tag(run_id, names.TAG_BEST_CHECKPOINT, best.path), "checkpoint tag")
     tracking.with_retries(lambda: c.set_terminated(run_id, status="FINISHED"), "run status")
     return Outcome(run_id, metric_history(run_id), best.path, dict(best_metrics or {}), evaluation, wall)

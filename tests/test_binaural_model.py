@@ -191,22 +191,6 @@ def test_gradient_reaches_every_parameter(readout, modalities):
     assert not zero, f"all-zero gradient for {zero}"
 
 
-def test_binauralize_waveforms(full_model):
-    cfg = full_model.cfg
-    mix = torch.randn(B, cfg.clip_samples)
-    image = torch.randn(B, 3, *IMAGE)
-    with torch.no_grad():
-        stereo = full_model.binauralize(mix, image)
-    assert stereo.shape == (B, 2, 10080)
-    torch.testing.assert_close(stereo.sum(dim=1), mix)  # L + R is the mix by construction
-    m = BinauralNet(tiny(modalities="audio")).eval()
-    with torch.no_grad():
-        m.decoder[-1].up.conv.weight.zero_()
-        m.decoder[-1].up.conv.bias.zero_()  # mask = tanh(0) = 0 -> no difference -> both ears = mix / 2
-        stereo = m.binauralize(mix)
-    torch.testing.assert_close(stereo, (mix / 2)[:, None].expand(-1, 2, -1), atol=1e-6, rtol=0)
-
-
 def test_local_backbone_weights_are_loaded_and_adapted(tmp_path):
     src = timm.create_model(BACKBONE, pretrained=False, img_size=48)  # 3×3 grid, with a head
     path = tmp_path / "vit.pt"

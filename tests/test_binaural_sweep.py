@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 
 from sweep_platform import paths, tracking
 from sweep_platform.cli import app
-from trainables.binaural.data import BinauralBuildConfig, build, read_clips
-from trainables.binaural.scenes import SceneConfig
+from trainables.binaural.data import read_clips
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -32,10 +31,11 @@ MODEL = "binaural_t"
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = paths.home() / "data" / "binaural_sweep"
-    build(BinauralBuildConfig(scenes=48, clip_seconds=0.63, test_clip_seconds=1.0, seed=2,
-                              scene=SceneConfig(max_sources=1, object_size_m=1.0)), root)
     sweep = {
         "name": "bin_tiny", "trainable": "binaural", "dataset": "data/binaural_sweep", "metric": "val_stft_dist",
+        # built by the sweep through the binaural trainable's DatasetBuilder (`binsweep data binaural`'s options)
+        "dataset_build": {"scenes": 48, "clip_seconds": 0.63, "test_clip_seconds": 1.0, "seed": 2,
+                          "scene": {"max_sources": 1, "object_size_m": 1.0}},
         "trials": 2, "scheduler": {"type": "none"}, "concurrency": 2, "sampler": {"type": "grid"},
         "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
         "base": {"model": {"preset": "binaural_tiny", "backbone": "test_vit", "modalities": "audio+image"},

@@ -285,10 +285,10 @@ def test_cli_binauralize_from_a_checkpoint(checkpoint, scenes, tmp_path):
 
 
 def test_binauralize_short_file_and_mono_level(checkpoint, scenes, tmp_path):
-    from sweep_platform.binaural_cli import load_binaural_model
+    from sweep_platform.model_store import load_model
     from trainables.binaural.inference import binauralize_file
 
-    model = load_binaural_model(str(checkpoint))
+    model, _ = load_model(str(checkpoint), "binaural", "cpu")
     wav, frame = _write_inputs(scenes, tmp_path, seconds=0.2)
     notices = []
     res = binauralize_file(model, wav, tmp_path / "short.wav", image=frame, say=notices.append)

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from sweep_platform import paths, tracking
 from sweep_platform.demo import DEFAULT_SWEEP, angular_error, ui_hints, write_test_clips
-from sweep_platform.space import load_sweep
+from sweep_platform.sweep_file import load_sweep
 from test_sweep import demo_run
 
 pytestmark = pytest.mark.slow

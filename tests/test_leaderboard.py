@@ -25,8 +25,9 @@ import yaml
 from typer.testing import CliRunner
 
 from sweep_platform import leaderboard as lb
-from sweep_platform import paper_results, tracking
+from sweep_platform import names, tracking
 from sweep_platform.cli import app
+from trainables.bast import paper as bast_paper
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +110,7 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
     import optuna
     from mlflow.entities import Param
 
-    from sweep_platform.report import optuna_storage
+    from sweep_platform.storage import optuna_storage
     from trainables.bast import BASTConfig
     from trainables.registry import get_trainable
 
@@ -117,8 +118,8 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
     c = tracking.client()
     exp = tracking.ensure_experiment("binsweep-bast")
     parent = c.create_run(exp, run_name=name, tags={
-        tracking.TAG_SWEEP: name, tracking.TAG_TRAINABLE: "bast", tracking.TAG_GIT: "test",
-        tracking.TAG_DATASET: fingerprint, lb.TAG_ROLE: "sweep"}).info.run_id
+        names.TAG_SWEEP: name, names.TAG_TRAINABLE: "bast", names.TAG_GIT: "test",
+        names.TAG_DATASET: fingerprint, names.TAG_ROLE: "sweep"}).info.run_id
     with tempfile.TemporaryDirectory() as d:
         sweep_yaml = Path(d) / "sweep.yaml"
         sweep_yaml.write_text(yaml.safe_dump({"name": name, "trainable": "bast", "dataset": DATA_REL,
@@ -135,11 +136,11 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
 
     for t in trials:
         cfg = base_config(**t.overrides)
-        tags = {tracking.TAG_PARENT: parent, tracking.TAG_SWEEP: name, tracking.TAG_TRIAL: t.trial_id,
-                tracking.TAG_TRAINABLE: "bast", tracking.TAG_DATASET: t.fingerprint or fingerprint,
-                lb.TAG_STATE: t.state, "binsweep.best_checkpoint": f"/ray/{name}/{t.trial_id}/checkpoint_000001"}
+        tags = {names.TAG_PARENT: parent, names.TAG_SWEEP: name, names.TAG_TRIAL: t.trial_id,
+                names.TAG_TRAINABLE: "bast", names.TAG_DATASET: t.fingerprint or fingerprint,
+                names.TAG_STATE: t.state, names.TAG_BEST_CHECKPOINT: f"/ray/{name}/{t.trial_id}/checkpoint_000001"}
         if t.state == "failed":
-            tags[lb.TAG_ERROR] = FAILED_ERROR
+            tags[names.TAG_ERROR] = FAILED_ERROR
         run_id = c.create_run(exp, run_name=f"{name}-{t.trial_id}", tags=tags).info.run_id
         t.run_id = run_id
         c.log_batch(run_id, params=[Param(k, v) for k, v in tracking.params_of(cfg).items()])
@@ -292,7 +293,7 @@ def test_leaderboard_formats_through_the_cli(world):
     assert "sweep lb-grid (bast), ranked by test_ad_deg" in res.stdout
     assert re.search(r"rank +trial +sharing +integration +loss +alpha +lr +test_ad_deg", res.stdout)
     assert "150 (val)" in res.stdout
-    assert f"failed trial 3 (lb-grid-3, " in res.stdout and FAILED_ERROR in res.stdout
+    assert "failed trial 3 (lb-grid-3, " in res.stdout and FAILED_ERROR in res.stdout
 
 
 def test_compare_paper_matches_sharing_integration_loss(world):
@@ -300,7 +301,7 @@ def test_compare_paper_matches_sharing_integration_loss(world):
     assert rows["0"]["paper_ad_deg"] == 1.29 and rows["0"]["paper_mse"] == 0.001  # NSP, sub, hybrid (abstract)
     assert rows["1"]["paper_ad_deg"] == 4.97 and rows["1"]["paper_mse"] == 0.018  # SP, add, mse
     assert rows["2"]["paper_ad_deg"] == 2.39 and rows["2"]["paper_mse"] is None  # NSP, concat, ad: no MSE given
-    assert len(paper_results.TABLE1) == 18
+    assert len(bast_paper.TABLE1) == 18
     res = CliRunner().invoke(app, ["leaderboard", "--sweep", "lb-grid", "--compare-paper", "-f", "csv"])
     table = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [t["paper_ad_deg"] for t in table] == ["1.29", "4.97", "2.39", "2.03"]
@@ -347,3 +348,33 @@ def test_importances_need_enough_trials(world):
     imp, _ = param_importances("lb-grid")
     assert set(imp) == {"model.sharing", "model.integration", "loss.name", "train.lr"}
     assert sum(imp.values()) == pytest.approx(1.0)
+
+
+def test_test_metrics_and_key_params_come_from_the_trainable_spec():
+    from types import SimpleNamespace
+
+    from test_model_store import registered, tiny_spec
+
+    def run(**params):
+        return SimpleNamespace(data=SimpleNamespace(params=params))
+
+    runs = [run(**{"model.width": "8", "train.lr": "0.1", "train.seed": "0"}),
+            run(**{"model.width": "8", "train.lr": "0.2", "train.seed": "0"})]
+    spec = tiny_spec("tiny_board", test_metrics=("test_err", "test_cost"), key_params=("model.width", "missing.key"))
+    with registered(spec):
+        assert lb.default_metric("tiny_board") == "test_err"
+        assert lb.test_metrics("tiny_board") == ("test_err", "test_cost")
+        assert lb.primary_metric("tiny_board") == ("val_err", "min")
+        # the spec's key params first (those the runs have), then the ones that vary
+        assert lb.key_params(runs, "tiny_board") == ["model.width", "train.lr"]
+        row = {"rank": 1, "trial": "0", "run_name": "r", "run_id": "0" * 8, "trainable": "tiny_board",
+               "params": {}, "metric": "test_err", "value": 1.0, "value_source": "test_err",
+               "metrics": {"test_err": 1.0, "test_cost": 2.0, "test_other": 3.0}, "epochs": 1, "gpu_hours": 0.0,
+               "state": "completed", "error": None}
+        assert [h for h, _ in lb.columns([row])] == ["rank", "trial", "run", "test_err", "test_cost", "epochs",
+                                                      "gpu_hours", "state"]
+    with registered(tiny_spec("tiny_board")):  # no test_metrics: the test counterpart of the primary metric
+        assert lb.default_metric("tiny_board") == "test_err" and lb.test_metrics("tiny_board") == ()
+    # a trainable that is no longer installed: its sweeps still list, by val_loss's test counterpart
+    assert lb.default_metric("uninstalled") == "test_loss" and lb.primary_metric("uninstalled") == ("val_loss", "min")
+    assert lb.key_params(runs, "uninstalled") == ["train.lr"]

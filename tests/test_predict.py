@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from sweep_platform import tracking
 from sweep_platform.cli import app
-from sweep_platform.registry_ops import CLIP_SAMPLES, ClipError, read_clip
+from trainables.localization.predict import CLIP_SAMPLES, ClipError, read_clip
 from test_leaderboard import sweep_world
 
 pytestmark = pytest.mark.slow
@@ -91,6 +91,20 @@ def test_predict_all_good_exits_zero_and_bad_model_uri_is_clear(world, champion,
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["predict", "models:/bast-predict@nobody", str(wav)])
     assert res.exit_code == 2 and "cannot load model models:/bast-predict@nobody" in res.output
+
+
+def test_load_model_from_mlflow_returns_the_config_of_its_run(world, champion):
+    from sweep_platform import model_store
+
+    logged = world.sweeps["lb-grid"]["trials"][0].model_uri  # models:/m-..., the run's LoggedModel
+    for uri in (champion, logged):
+        model, config = model_store.load_model(uri)
+        assert (config.model.sharing, config.model.integration, config.loss.name) == ("NSP", "sub", "hybrid")
+        assert config.train.lr == 3e-3 and config.model.embed_dim == 32
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), world.strong.state_dict().values()))
+    assert model_store.spec_of(champion).name == "bast"
+    with pytest.raises(model_store.ModelLoadError, match="it is a bast model, not binaural"):
+        model_store.load_model(champion, "binaural")
 
 
 def test_read_clip_takes_the_centre_and_checks_channels(tmp_path):

@@ -141,7 +141,7 @@ def test_sweep_without_finished_scored_trials_is_refused(world):
 def test_paired_test_directions():
     import numpy as np
 
-    from sweep_platform.registry_ops import paired_test
+    from sweep_platform.promotion import paired_test
 
     rng = np.random.default_rng(0)
     holder = rng.uniform(20, 60, 80)

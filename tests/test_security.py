@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from sweep_platform import jobs, tracking
 from sweep_platform.cli import app
-from sweep_platform.space import parse_sweep
+from sweep_platform.sweep_file import parse_sweep
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -39,7 +39,7 @@ def test_retry_warnings_carry_no_password(caplog):
 
 
 def test_the_sweep_parent_run_redacts_its_storage_url():
-    from sweep_platform.mlflow_callback import create_parent_run
+    from sweep_platform.parent_run import create as create_parent_run
 
     spec = parse_sweep({"name": "sec", "trainable": "bast", "trials": 1, "scheduler": {"type": "none"},
                         "space": {"train.lr": {"fixed": 1e-3}}}, "sec.yaml")

@@ -25,8 +25,10 @@ from typer.testing import CliRunner
 
 from sweep_platform import paths, ray_runtime, tracking
 from sweep_platform.cli import app
-from sweep_platform.space import parse_sweep
-from sweep_platform.sweep import concurrency, end_state, optuna_storage, trial_epochs
+from sweep_platform.sweep_file import parse_sweep
+from sweep_platform.storage import optuna_storage
+from sweep_platform.sweep import concurrency
+from sweep_platform.trial import end_state, trial_epochs
 
 runner = CliRunner()
 

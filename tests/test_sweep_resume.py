@@ -23,9 +23,11 @@ import pytest
 import yaml
 
 from sweep_platform import ray_runtime, tracking
-from sweep_platform.mlflow_callback import MlflowSweepCallback, create_parent_run
-from sweep_platform.space import parse_sweep
-from sweep_platform.sweep import SweepContext, optuna_storage, train_run_name
+from sweep_platform.mlflow_callback import MlflowSweepCallback
+from sweep_platform.parent_run import create as create_parent_run
+from sweep_platform.sweep_file import parse_sweep
+from sweep_platform.storage import optuna_storage, train_run_name
+from sweep_platform.trial import SweepContext
 
 DATASET_BUILD = {"generated_sounds": 24, "azimuths": list(range(0, 360, 30)), "environments": ["anechoic"],
                  "test_fraction": 0.25, "shard_rows": 64, "seed": 1}

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from sweep_platform import tracking
 from sweep_platform.cli import app
-from sweep_platform.training import Resources, TrainingFailed, load_model, metric_history, run_training
+from sweep_platform.model_store import load_checkpoint
+from sweep_platform.training import Resources, TrainingFailed, metric_history, run_training
 from trainables.bast import BASTConfig
 from trainables.localization.builder import LocalizationBuildConfig, build
 from trainables.registry import get_trainable
@@ -62,7 +63,7 @@ def test_run_reports_every_epoch_once_with_checkpoints(reference):
     # the best checkpoint is the one with the lowest val_ad_deg and holds what loop.py wrote
     best_epoch = min(hist, key=lambda h: h["val_ad_deg"])["epoch"]
     assert reference.best_metrics["epoch"] == best_epoch
-    model, cfg, meta = load_model(get_trainable("bast"), reference.best_checkpoint)
+    model, cfg, meta = load_checkpoint(get_trainable("bast"), reference.best_checkpoint)
     assert meta["epoch"] == best_epoch and cfg.model.embed_dim == 32
 
 
@@ -162,7 +163,7 @@ def test_cli_train_learns_localization_and_logs_everything(learning_data, tmp_pa
     assert logged[0].artifact_location.startswith((tracking.paths.runs_dir() / "mlartifacts").as_uri())
     assert len(logged) == 1
     model = mlflow.pytorch.load_model(logged[0].model_uri)
-    ckpt_model, _, _ = load_model(get_trainable("bast"), run.data.tags["binsweep.best_checkpoint"])
+    ckpt_model, _, _ = load_checkpoint(get_trainable("bast"), run.data.tags["binsweep.best_checkpoint"])
     x = torch.randn(3, 2, 129, 61)
     with torch.no_grad():
         np.testing.assert_allclose(model.eval()(x).numpy(), ckpt_model(x).numpy(), rtol=1e-5, atol=1e-6)

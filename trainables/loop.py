@@ -145,9 +145,7 @@ def save_checkpoint(directory: Path, *, model, optimizer, scheduler, epoch: int,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,  # completed epochs
-        "seed": seed,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "seed": seed,  # with the epoch, all a resumed run needs: randomness is re-derived per epoch (epoch_seed)
     }
     torch.save(state, directory / CHECKPOINT_FILE)
     (directory / CONFIG_FILE).write_text(json.dumps({"trainable": trainable, "config": config, "epoch": epoch,

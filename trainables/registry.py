@@ -1,20 +1,28 @@
-"""The one interface between the platform and what it trains.
+"""The one interface between the platform and what it trains: a `TrainableSpec` per model.
 
-A trainable registers a `TrainableSpec` under a name; the platform looks it up by that name and never imports model
-internals. Built-in trainables are imported on first lookup, so `binsweep --help` stays fast.
+A trainable is a package that exposes a `TrainableSpec` and names it in the Python entry-point group
+`binsweep.trainables` of its distribution (binsweep's own trainables do the same in pyproject.toml):
+
+    [project.entry-points."binsweep.trainables"]
+    my_model = "my_package:SPEC"
+
+The platform finds trainables through that group, or through `register_trainable` for one defined at run time
+(a notebook, a test), and never imports model internals: everything it needs of a model is a field below.
+Entry points are loaded on first lookup, so `binsweep --help` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import Callable, Literal
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel
 
-# Name -> module whose import registers it.
-_BUILTIN = {"bast": "trainables.bast", "binaural": "trainables.binaural"}
+ENTRY_POINT_GROUP = "binsweep.trainables"
 _REGISTRY: dict[str, TrainableSpec] = {}
+_LOADED_FROM: dict[str, str] = {}  # name -> distribution / module it came from
 
 
 class TrainableNotFoundError(KeyError):
@@ -22,19 +30,8 @@ class TrainableNotFoundError(KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True)
-class TrainableSpec:
-    """What a trainable supplies to the platform."""
-
-    name: str
-    description: str
-    config_type: type[BaseModel]  # validated config with defaults for every field
-    build_model: Callable  # config -> torch.nn.Module
-    primary_metric: str  # a metric name from design.md, e.g. val_ad_deg
-    mode: Literal["min", "max"]
-    recipe: Callable  # config -> trainables.loop.Recipe, built on every Train worker
-    evaluate: Callable  # (model, config, split, out_dir, device) -> trainables.registry.EvalResult
-    example_input: Callable  # config -> a batch of model inputs (for MLflow signatures and smoke checks)
+class InputFileError(ValueError):
+    """A file a predictor cannot use (not audio, wrong channel count, too short); the message names the file."""
 
 
 @dataclass
@@ -47,20 +44,167 @@ class EvalResult:
     per_sample_error: object = None  # [N] array, for paired tests between two models on the same split
 
 
-def register_trainable(spec: TrainableSpec) -> TrainableSpec:
+def load_object(target: str) -> Any:
+    """"package.module:attribute" -> the object (imported on first use, so a spec stays cheap to load)."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class DatasetBuilder:
+    """How a sweep file's `dataset_build` section becomes a dataset folder (manifest.json + shards).
+
+    Named as "module:attribute" strings: a builder pulls in numpy, scipy and pyarrow, which listing trainables or
+    `binsweep --help` should not pay for."""
+
+    config: str  # the section's pydantic schema, e.g. "trainables.localization.builder:LocalizationBuildConfig"
+    builder: str  # (config, out_dir: Path, progress=None) -> manifest, e.g. "trainables.localization.builder:build"
+    command: str  # the CLI that builds one by hand, for messages, e.g. "binsweep data localization"
+
+    @property
+    def config_type(self) -> type[BaseModel]:
+        return load_object(self.config)
+
+    def build(self, config: BaseModel, out_dir: Path, progress: Callable[[int, int], None] | None = None) -> Any:
+        build = load_object(self.builder)
+        return build(config, out_dir) if progress is None else build(config, out_dir, progress=progress)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """What `binsweep predict MODEL FILE...` does: one row of named values per input file."""
+
+    predict_file: Callable[..., dict[str, Any]]  # (model, config, path, device) -> {"azimuth_deg": 93.2}
+    inputs: str  # what a file must be, for help and errors, e.g. "stereo WAV, channel 0 = left, >= 0.5 s"
+
+
+@dataclass(frozen=True)
+class PaperReference:
+    """Published numbers to print beside a trial (`--compare-paper`), matched from the trial's params."""
+
+    source: str  # citation and where the numbers come from
+    lookup: Callable[[Mapping[str, str]], dict[str, float | None] | None]  # MLflow params -> {"paper_ad_deg": ..}
+    columns: tuple[str, ...]  # the keys lookup returns, in display order
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command a trainable adds (e.g. `binsweep data binaural`): a typer-annotated function.
+
+    `group` is None for a top-level command or "data" for `binsweep data NAME`. The function receives nothing from
+    the platform but what `commands(services)` closed over (see PlatformServices). It runs behind the CLI's error
+    boundary: a ValueError raised by the trainable's own code (InputFileError, FileNotFoundError, a pydantic
+    ValidationError from anywhere) is shown as its message with exit 2; anything else is a bug and keeps its
+    traceback. A command two trainables share must be the same function object (module-level): it is mounted once."""
+
+    name: str
+    function: Callable[..., Any]
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class PlatformServices:
+    """What the platform lends to a trainable's commands, so the trainable never imports it."""
+
+    load_model: Callable[[str, str], tuple[Any, BaseModel]]  # (model URI or checkpoint dir, trainable) -> model, config
+    say: Callable[[str], None]  # one line to the user's console
+    warn: Callable[[str], None]  # one notice on stderr
+
+
+@dataclass(frozen=True)
+class TrainableSpec:
+    """Everything the platform needs of a model. Only the first block is required."""
+
+    name: str
+    description: str
+    config_type: type[BaseModel]  # validated config with defaults for every field (model, loss, train, data ...)
+    build_model: Callable[[BaseModel], Any]  # config -> torch.nn.Module
+    recipe: Callable[[BaseModel], Any]  # config -> trainables.loop.Recipe, built on every worker
+    primary_metric: str  # reported every epoch, e.g. val_ad_deg: what a sweep optimises by default
+    mode: Literal["min", "max"]
+    evaluate: Callable[..., EvalResult]  # (model, config, split, out_dir, device) -> EvalResult
+    example_input: Callable[[BaseModel], Any]  # config -> one batch of model inputs (MLflow signature and example)
+
+    epoch_metrics: tuple[str, ...] = ()  # every metric a sweep may optimise (reported each epoch); default: primary
+    test_metrics: tuple[str, ...] = ()  # shown in every leaderboard; the first ranks by default
+    key_params: tuple[str, ...] = ()  # config keys a leaderboard always shows, e.g. model.sharing
+    presets: Mapping[str, BaseModel] = field(default_factory=dict)  # named model-section presets
+    dataset_builder: DatasetBuilder | None = None
+    predictor: Predictor | None = None
+    paper: PaperReference | None = None
+    commands: Callable[[PlatformServices], list[Command]] | None = None
+
+    @property
+    def reported_metrics(self) -> tuple[str, ...]:
+        return self.epoch_metrics or (self.primary_metric, "val_loss", "train_loss")
+
+    @property
+    def default_test_metric(self) -> str:
+        if self.test_metrics:
+            return self.test_metrics[0]
+        return "test_" + self.primary_metric[4:] if self.primary_metric.startswith("val_") else self.primary_metric
+
+    def data_root(self, config: BaseModel) -> Path | None:
+        """The config's data.root, or None for a trainable without a dataset."""
+        data = getattr(config, "data", None)
+        root = getattr(data, "root", None)
+        return Path(root) if root else None
+
+
+def register_trainable(spec: TrainableSpec, source: str = "registered at run time") -> TrainableSpec:
+    _discover()
     if spec.name in _REGISTRY:
-        raise ValueError(f"a trainable named {spec.name!r} is already registered")
+        raise ValueError(f"a trainable named {spec.name!r} is already registered ({_LOADED_FROM[spec.name]})")
     _REGISTRY[spec.name] = spec
+    _LOADED_FROM[spec.name] = source
     return spec
 
 
+def unregister_trainable(name: str) -> None:
+    """Drop a trainable registered at run time (tests)."""
+    _REGISTRY.pop(name, None)
+    _LOADED_FROM.pop(name, None)
+
+
+_ENTRY_POINTS: dict[str, importlib.metadata.EntryPoint] | None = None
+
+
+def _discover() -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed trainables' entry points (not yet imported)."""
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None:
+        _ENTRY_POINTS = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return _ENTRY_POINTS
+
+
 def known_trainables() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+    return sorted(set(_discover()) | set(_REGISTRY))
+
+
+def _load(name: str) -> None:
+    ep = _discover()[name]
+    spec = ep.load()
+    if not isinstance(spec, TrainableSpec):
+        raise TypeError(f"entry point {name} = {ep.value!r} in group {ENTRY_POINT_GROUP} is a "
+                        f"{type(spec).__name__}, not a trainables.registry.TrainableSpec")
+    if spec.name != name:
+        raise ValueError(f"entry point {name} = {ep.value!r} names a trainable called {spec.name!r}; the entry "
+                         "point's name and TrainableSpec.name must agree")
+    _REGISTRY[name] = spec
+    dist = getattr(ep, "dist", None)
+    _LOADED_FROM[name] = f"{dist.name} {dist.version}" if dist is not None else ep.value
 
 
 def get_trainable(name: str) -> TrainableSpec:
-    if name not in _REGISTRY and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
+    if name not in _REGISTRY and name in _discover():
+        _load(name)
     if name not in _REGISTRY:
-        raise TrainableNotFoundError(f"unknown trainable {name!r}; known trainables: {', '.join(known_trainables())}")
+        raise TrainableNotFoundError(f"unknown trainable {name!r}; known trainables: "
+                                     f"{', '.join(known_trainables()) or 'none (is binsweep installed?)'}")
     return _REGISTRY[name]
+
+
+def trainable_source(name: str) -> str:
+    """Where a trainable came from: its distribution and version, or 'registered at run time'."""
+    get_trainable(name)
+    return _LOADED_FROM[name]

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import scipy.signal
 
-from sweep_platform import paths
+from trainables import home as paths
 
 KEMAR_DESCRIPTION = "MIT KEMAR normal pinna (Gardner & Martin 1994)"
 DEBIAN_KEMAR_SOFA = Path("/usr/share/libmysofa/MIT_KEMAR_normal_pinna.sofa")

@@ -43,7 +43,7 @@ import scipy.signal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.spatial import cKDTree
 
-from sweep_platform import paths
+from trainables import home as paths
 from trainables.acoustics.hrtf import HRIRSet, save_npz_atomic
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trainables.presets import expand_model_preset
+
 Sharing = Literal["SP", "NSP"]
 Integration = Literal["add", "sub", "concat"]
 LossName = Literal["mse", "ad", "hybrid"]
@@ -126,13 +128,7 @@ class BASTConfig(_Strict):
     @classmethod
     def _expand_preset(cls, data):
         """`model: {preset: bast_tiny, dropout: 0.1}` = the preset with those fields overridden."""
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "preset" in data["model"]:
-            model = dict(data["model"])
-            name = model.pop("preset")
-            if name not in PRESETS:
-                raise ValueError(f"model.preset {name!r} is unknown; allowed: {', '.join(sorted(PRESETS))}")
-            data = {**data, "model": {**PRESETS[name].model_dump(), **model}}
-        return data
+        return expand_model_preset(data, PRESETS)
 
 
 def _preset(**model) -> BASTModelConfig:

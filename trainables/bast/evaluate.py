@@ -1,12 +1,13 @@
-"""Evaluate a BAST model on a split of a localization dataset: the paper's analyses as numbers, tables and plots.
+"""Evaluate a localizer (BAST, cnn_loc) on a split of a localization dataset: the BAST paper's analyses as numbers,
+tables and plots.
 
 - `predict` streams a split through the front end and the model (eval mode, no gradients) and keeps, per sample, the
   prediction, the true azimuth, the environment and the angular error.
 - `evaluate` turns those into the metrics the platform logs (`{prefix}_ad_deg`, `{prefix}_mse`, and the same per
   environment as `{prefix}_ad_deg.{env}`), the per-azimuth and per-environment breakdowns, the left/right hemifield
   tests (Figs. 3–4) and, for a model trained on a single environment, its row of Table 3 (cross-environment AD).
-  With `out_dir` it writes the plots (Fig. 2 polar AD, hemifield boxes, prediction scatter, attention rollout of
-  Fig. 6), `per_azimuth.csv`, `metrics.json` and `cross_environment.md`.
+  With `out_dir` it writes the plots (Fig. 2 polar AD, hemifield boxes, prediction scatter and, for a model with
+  attention maps, the attention rollout of Fig. 6), `per_azimuth.csv`, `metrics.json` and `cross_environment.md`.
 - `cross_environment_table` combines the Table 3 rows of several runs into one markdown table.
 
 The split is always evaluated on every environment of the dataset, whatever the model was trained on: that is how
@@ -17,6 +18,7 @@ Azimuths are degrees counter-clockwise from the front (90 = left). Notation: N s
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,20 +246,26 @@ def _rollout_index(preds: Predictions, train_environments) -> int:
     return int(np.argmin(distance))
 
 
-def _write_rollout(model, root, split: str, preds: Predictions, path: Path, device, train_environments) -> dict | None:
-    """Fig. 6 for one sample; None (no file) when the model is not a BAST (no attention maps to roll out)."""
-    from trainables.bast import rollout
-    from trainables.bast.model import BAST
+def has_attention_maps(model: torch.nn.Module) -> bool:
+    """Whether `model` can hand out the attention maps the rollout needs: `forward(spec, return_attention=True)`."""
+    try:
+        return "return_attention" in inspect.signature(unwrap(model).forward).parameters
+    except (TypeError, ValueError):  # a forward whose signature Python cannot read offers nothing to rely on
+        return False
 
-    bast = unwrap(model)
-    if not isinstance(bast, BAST):
+
+def _write_rollout(model, root, split: str, preds: Predictions, path: Path, device, train_environments) -> dict | None:
+    """Fig. 6 for one sample; None (no file) for a model without attention maps (a CNN, a stub)."""
+    from trainables.bast import rollout
+
+    if not has_attention_maps(model):
         return None
     index = _rollout_index(preds, train_environments)
     wave, sample_rate = _wave_at(root, split, index)
     front_end = BinauralFrontEnd(sample_rate=sample_rate).to(device)
     with torch.no_grad():
         spec = front_end(torch.from_numpy(wave)[None].to(device))  # [1, 2, F, T]
-    maps = {k: v[0] for k, v in rollout.attention_maps(bast, spec).items()}
+    maps = {k: v[0] for k, v in rollout.attention_maps(unwrap(model), spec).items()}
     rollout.save_rollout_png(spec[0].cpu(), {k: v.cpu() for k, v in maps.items()}, path)
     return {"path": path, "index": index, "azimuth_deg": int(preds.azimuth_deg[index]),
             "environment": str(preds.environment[index])}
@@ -288,3 +296,13 @@ def cross_environment_table(rows: dict[str, dict[str, float]]) -> str:
         cells = [f"{rows[train][c]:.2f}" if c in rows[train] else "–" for c in columns]
         lines.append(f"| {train} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def evaluate_spec(model: torch.nn.Module, config, split: str = "test", *, out_dir=None, device="cpu"):
+    """`TrainableSpec.evaluate` of every localizer (BAST, cnn_loc): this module's analysis as an EvalResult."""
+    from trainables.home import resolve
+    from trainables.registry import EvalResult
+
+    ev = evaluate(model, resolve(config.data.root), split, out_dir=out_dir, device=device,
+                  train_environments=config.data.train_environments, prefix=split)
+    return EvalResult(metrics=ev.metrics, files=ev.files, summary=ev.table(), per_sample_error=ev.predictions.error_deg)

@@ -131,10 +131,6 @@ class BAST(nn.Module):
         return out
 
 
-def build_model(cfg: BASTModelConfig, fused_attn: bool | None = None) -> BAST:
-    return BAST(cfg, fused_attn=fused_attn)
-
-
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, each shared tensor counted once (so BAST-SP counts TE-L/TE-R once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

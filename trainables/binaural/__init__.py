@@ -5,13 +5,13 @@ scenes + data (generated scenes, Parquet shards, the reader), fairplay (FAIR-Pla
 Recipe), evaluate (test-split metrics and plots), inference (whole-clip binauralization, `binsweep binauralize`).
 """
 
-from trainables.binaural.config import (BinauralConfig, BinauralModelConfig, DataConfig, LossConfig, TrainConfig,
-                                        preset)
-from trainables.registry import TrainableSpec, register_trainable
+from trainables.binaural.config import (PRESETS, BinauralConfig, BinauralModelConfig, DataConfig, LossConfig,
+                                        TrainConfig, preset)
+from trainables.registry import DatasetBuilder, TrainableSpec
 
 
 def _build(config: BinauralConfig):
-    from trainables.binaural.inference import BinauralModel
+    from trainables.binaural.model import BinauralModel
 
     return BinauralModel(config.model)
 
@@ -45,18 +45,28 @@ def _example_input(config: BinauralConfig) -> dict:
     return x
 
 
-SPEC = register_trainable(
-    TrainableSpec(
-        name="binaural",
-        description="mono-to-binaural generation: mono mix + frame (+ depth) -> left/right via a difference mask",
-        config_type=BinauralConfig,
-        build_model=_build,
-        primary_metric="val_stft_dist",
-        mode="min",
-        recipe=_recipe,
-        evaluate=_evaluate,
-        example_input=_example_input,
-    )
+def _commands(services):
+    from trainables.binaural.cli import commands
+
+    return commands(services)
+
+
+SPEC = TrainableSpec(
+    name="binaural",
+    description="mono-to-binaural generation: mono mix + frame (+ depth) -> left/right via a difference mask",
+    config_type=BinauralConfig,
+    build_model=_build,
+    recipe=_recipe,
+    primary_metric="val_stft_dist",
+    mode="min",
+    evaluate=_evaluate,
+    example_input=_example_input,
+    epoch_metrics=("val_stft_dist", "val_env_dist", "val_loss", "train_loss"),
+    test_metrics=("test_stft_dist", "test_env_dist"),
+    presets=PRESETS,
+    dataset_builder=DatasetBuilder(config="trainables.binaural.data:BinauralBuildConfig",
+                                   builder="trainables.binaural.data:build", command="binsweep data binaural"),
+    commands=_commands,
 )
 
 __all__ = ["BinauralConfig", "BinauralModelConfig", "DataConfig", "LossConfig", "TrainConfig", "preset", "SPEC"]

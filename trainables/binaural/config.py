@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trainables.presets import expand_model_preset
+
 Modalities = Literal["audio", "audio+image", "audio+depth", "audio+image+depth"]
 LossKind = Literal["diff", "2ch", "both"]
 
@@ -180,13 +182,7 @@ class BinauralConfig(_Strict):
     @classmethod
     def _expand_preset(cls, data):
         """`model: {preset: binaural_tiny, modalities: audio}` = the preset with those fields overridden."""
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "preset" in data["model"]:
-            model = dict(data["model"])
-            name = model.pop("preset")
-            if name not in PRESETS:
-                raise ValueError(f"model.preset {name!r} is unknown; allowed: {', '.join(sorted(PRESETS))}")
-            data = {**data, "model": {**PRESETS[name].model_dump(), **model}}
-        return data
+        return expand_model_preset(data, PRESETS)
 
 
 def _preset(**model) -> BinauralModelConfig:

@@ -1,8 +1,5 @@
-"""Whole-clip binauralization with a trained model: the served model class, sliding windows, file I/O.
+"""Whole-clip binauralization with a trained model (model.BinauralModel): sliding windows, file I/O.
 
-- `BinauralModel` is the `BinauralNet` the platform builds, trains, logs to MLflow and loads back. It has the same
-  parameters. It also accepts one dict of inputs, `model({"mix_spec": ..., "image": ...})`, because MLflow's
-  `log_model` calls `model(example_input)` with a single argument.
 - `predict_clip` binauralizes a whole mono mix with 2.5D demo.py's sliding windows (`metrics.binauralize_clip`:
   0.63 s windows, hop 0.05 s, each window RMS-normalised and scaled back, overlaps averaged). Each window sees the
   frame nearest its centre. The windows are batched through the model.
@@ -30,17 +27,8 @@ import torch
 
 from trainables.binaural import metrics
 from trainables.binaural.config import BinauralModelConfig
-from trainables.binaural.model import BinauralNet, stft
+from trainables.binaural.model import stft
 from trainables.loop import unwrap
-
-
-class BinauralModel(BinauralNet):
-    """BinauralNet that also takes its inputs as one dict (MLflow signatures, example inputs)."""
-
-    def forward(self, mix_spec, image=None, depth=None, return_attention: bool = False):
-        if isinstance(mix_spec, dict):
-            return super().forward(**mix_spec)
-        return super().forward(mix_spec, image, depth, return_attention)
 
 
 def model_config(model: torch.nn.Module) -> BinauralModelConfig:

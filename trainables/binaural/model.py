@@ -326,25 +326,15 @@ class BinauralNet(nn.Module):
             out["attention"] = maps
         return out
 
-    def binauralize(self, mix: torch.Tensor, image: torch.Tensor | None = None,
-                    depth: torch.Tensor | None = None) -> torch.Tensor:
-        """mix: [B, S] mono mix L + R (2.5D's sum; pass 2× a (L+R)/2 file) -> [B, 2, S] (left, right) waveforms.
 
-        S must give T = 1 + S // hop divisible by 32 (10,080 samples = 0.63 s does). The dropped Nyquist bin of the
-        difference is restored as zero so the iSTFT uses n_fft 512 (librosa.istft without n_fft would infer
-        2·(256 − 1) = 510 from the 256 predicted bins).
-        """
-        cfg = self.cfg
-        spec_args = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length)
-        mix_spec = stft(mix, **spec_args)  # [B, 2, F, T]
-        diff_spec = self(mix_spec, image, depth)["diff_spec"]  # [B, 2, F-1, T]
-        diff_spec = F.pad(diff_spec, (0, 0, 0, 1))  # [B, 2, F, T], Nyquist = 0
-        diff = istft(diff_spec, mix.shape[-1], **spec_args)  # [B, S]
-        return torch.stack([(mix + diff) / 2, (mix - diff) / 2], dim=1)  # [B, 2, S]
+class BinauralModel(BinauralNet):
+    """The BinauralNet the platform builds, trains, logs and loads: it also takes its inputs as one dict (what an
+    MLflow signature and example input hold)."""
 
-
-def build_model(cfg: BinauralModelConfig) -> BinauralNet:
-    return BinauralNet(cfg)
+    def forward(self, mix_spec, image=None, depth=None, return_attention: bool = False):
+        if isinstance(mix_spec, dict):
+            return super().forward(**mix_spec)
+        return super().forward(mix_spec, image, depth, return_attention)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,6 +29,7 @@ from trainables.binaural.config import BinauralConfig, BinauralModelConfig
 from trainables.binaural.data import BinauralReader, load_manifest
 from trainables.binaural.losses import BinauralLoss
 from trainables.binaural.model import istft, stft
+from trainables.home import resolve
 from trainables.loop import per_worker_batch
 
 DESIRED_RMS = 0.1  # 2.5D normalize()
@@ -40,10 +41,7 @@ MIN_DEPTH_M = 0.1  # inverse depth is clipped at 10 1/m
 
 def dataset_root(config: BinauralConfig) -> Path:
     """data.root as given when absolute, else under BINSWEEP_HOME (the driver resolves it before workers start)."""
-    from sweep_platform import paths  # only for the home folder; no platform logic here
-
-    root = Path(config.data.root)
-    return root if root.is_absolute() else paths.home() / root
+    return resolve(config.data.root)
 
 
 def rms_normalize(wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +146,7 @@ class BinauralRecipe:
                              f"{self.cfg.sample_rate}; rebuild the dataset at the model's rate")
 
     def build_model(self) -> torch.nn.Module:
-        from trainables.binaural.inference import BinauralModel
+        from trainables.binaural.model import BinauralModel
 
         return BinauralModel(self.cfg)
 

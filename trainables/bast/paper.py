@@ -61,3 +61,9 @@ def lookup(sharing: str | None, integration: str | None, loss: str | None) -> Pa
     if not (sharing and integration and loss):
         return None
     return TABLE1.get((str(sharing).upper(), str(integration).lower(), str(loss).lower()))
+
+
+def paper_values(params) -> dict[str, float | None] | None:
+    """`--compare-paper` columns for one trial from its MLflow params, or None when the paper has no such row."""
+    row = lookup(params.get("model.sharing"), params.get("model.integration"), params.get("loss.name"))
+    return None if row is None else {"paper_ad_deg": row.ad_deg, "paper_mse": row.mse}

@@ -1,0 +1,50 @@
+"""Options and arguments that several commands share, defined once so that their flags and help agree everywhere.
+
+A command declares `format: FormatOpt = Format.table`; the default stays with the command, the rest is here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class RankingFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table (to read) or json (for scripts).")]
+RankingFormatOpt = Annotated[RankingFormat, typer.Option("--format", "-f", help="table (to read), or csv, json or "
+                                                                              "markdown (for scripts and reports).")]
+
+SweepFileArg = Annotated[Path, typer.Argument(help="Sweep file (YAML), e.g. search_spaces/bast_smoke.yaml; format in "
+                                              "search_spaces/README.md.")]
+SweepNameOpt = Annotated[Optional[str], typer.Option(
+    "--name", help="Name of the new sweep: the Ray experiment, the Optuna study and the MLflow parent run (default: "
+    "the file's name plus a timestamp, e.g. bast_smoke-1122-153012).")]
+SweepOpt = Annotated[Optional[str], typer.Option("--sweep", help="Sweep name (default: the most recent sweep).")]
+MetricOpt = Annotated[Optional[str], typer.Option(
+    help="Ranking metric, e.g. test_mse or val_loss (default: the trainable's first test metric, falling back to "
+    "the best validation epoch for trials without one).")]
+
+TrainableArg = Annotated[str, typer.Argument(help="Installed trainable, e.g. bast (`binsweep trainables` lists them).")]
+TrainableOpt = Annotated[Optional[str], typer.Option("--trainable", help="Only sweeps of this trainable, e.g. bast.")]
+ModelNameOpt = Annotated[Optional[str], typer.Option(
+    "--model-name", help="Registered model name (default: the sweep's trainable, e.g. bast).")]
+ModelUriArg = Annotated[str, typer.Argument(help="Model: models:/bast@champion, models:/bast/3, runs:/RUN_ID/model "
+                                            "or a checkpoint folder.")]
+
+MaxFailuresOpt = Annotated[int, typer.Option(
+    "--max-failures", min=0, help="Worker failures a Train run recovers from (restarting from its last checkpoint) "
+    "before it fails, e.g. 2 on spot instances. A NaN loss fails it whatever this says.")]
