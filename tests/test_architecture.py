@@ -128,7 +128,7 @@ def test_platform_modules_are_small(name):
 
 def test_builtin_trainables_register_through_entry_points():
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["binsweep.trainables"]
-    assert set(declared) >= {"bast", "binaural"}
+    assert set(declared) >= {"bast", "binaural", "cnn_loc"}
     from trainables.registry import get_trainable, known_trainables, trainable_source
 
     assert set(known_trainables()) >= set(declared)

@@ -54,7 +54,7 @@ def on_path(installed, monkeypatch):
 def test_the_example_is_found_through_its_entry_point(on_path):
     spec = registry.get_trainable("my_localizer")
     assert registry.trainable_source("my_localizer") == "my_localizer 0.1"
-    assert "my_localizer" in registry.known_trainables() and {"bast", "binaural"} <= set(registry.known_trainables())
+    assert "my_localizer" in registry.known_trainables() and {"bast", "cnn_loc"} <= set(registry.known_trainables())
     config = spec.config_type()
     model = spec.build_model(config)
     assert tuple(model(spec.example_input(config)).shape) == (1, 2)

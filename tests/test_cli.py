@@ -195,7 +195,7 @@ def test_trainables_lists_every_installed_one_and_its_config():
     res = runner.invoke(app, ["trainables", "--format", "json"])
     assert res.exit_code == 0, res.output
     found = {t["name"]: t for t in json.loads(res.stdout)}
-    assert {"bast", "binaural"} <= set(found)
+    assert {"bast", "binaural", "cnn_loc"} <= set(found)
     bast = found["bast"]
     assert bast["source"].startswith("binsweep ") and bast["primary_metric"] == "val_ad_deg" and bast["mode"] == "min"
     assert bast["fields"]["train.lr"] > 0 and "model.sharing" in bast["fields"]
