@@ -214,10 +214,12 @@ class MlflowSweepCallback(Callback):
 
     def _backfill(self, tid: str, rec: dict, before: float = math.inf) -> None:
         """Epochs whose checkpoint was saved but whose result never reached Tune (the driver died or was stopped
-        in between, so Train resumes after them): logged from the metrics the loop keeps in each checkpoint."""
-        for epoch, path, metrics in self._checkpoints(tid):
+        in between, so Train resumes after them): logged from the history the loop keeps in every checkpoint, so an
+        epoch whose own checkpoint Train has since deleted (num_to_keep) is not lost."""
+        paths = {epoch: path for epoch, path, _ in self._checkpoints(tid)}
+        for epoch, metrics in sorted(storage.trial_history(self.ctx.name, tid).items()):
             if rec["last_epoch"] < epoch < before:
-                self._log_epoch(rec, epoch, metrics, path)
+                self._log_epoch(rec, epoch, metrics, paths.get(epoch))  # best only among checkpoints still kept
 
     def _checkpoints(self, tid: str) -> list[tuple[int, str, dict]]:
         return storage.trial_checkpoints(self.ctx.name, tid)

@@ -98,6 +98,22 @@ def read_text(directory: str, filename: str) -> str:
 def trial_checkpoints(sweep_name: str, trial_id: str) -> list[tuple[int, str, dict]]:
     """(epoch, path, metrics) of the checkpoints a trial's Train run still keeps, oldest first (the loop writes each
     checkpoint's epoch and metrics into its config file)."""
+    return [(epoch, path, meta.get("metrics", {})) for epoch, path, meta in _checkpoint_configs(sweep_name, trial_id)]
+
+
+def trial_history(sweep_name: str, trial_id: str) -> dict[int, dict]:
+    """Every epoch's metrics of a trial as its newest kept checkpoint recorded them (the loop keeps the whole history
+    in each checkpoint), by epoch; epochs of older kept checkpoints fill in for checkpoints from an older binsweep."""
+    out: dict[int, dict] = {}
+    for epoch, _, meta in _checkpoint_configs(sweep_name, trial_id):
+        for h in meta.get("history", []):
+            if "epoch" in h:
+                out[int(h["epoch"])] = dict(h)
+        out[epoch] = dict(meta.get("metrics", {}))
+    return out
+
+
+def _checkpoint_configs(sweep_name: str, trial_id: str) -> list[tuple[int, str, dict]]:
     import pyarrow.fs
 
     from trainables.loop import CONFIG_FILE
@@ -115,7 +131,7 @@ def trial_checkpoints(sweep_name: str, trial_id: str) -> list[tuple[int, str, di
         try:
             with fs.open_input_stream(f"{info.path}/{CONFIG_FILE}") as f:
                 meta = json.loads(f.read().decode())
-            out.append((int(meta["epoch"]), info.path, dict(meta.get("metrics", {}))))
+            out.append((int(meta["epoch"]), info.path, meta))
         except (OSError, ValueError, KeyError):
             continue  # being written, or deleted by Train's num_to_keep meanwhile
     return sorted(out, key=lambda x: x[0])

@@ -3,6 +3,11 @@ one key at a time, the shipped files, and a writer."""
 
 from pathlib import Path
 
+import pytest
+
+from sweep_platform.configfile import ConfigError
+from sweep_platform.sweep_file import load_sweep
+
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 SHIPPED = ["bast_smoke.yaml", "bast_paper_grid.yaml", "bast_tpe.yaml"]
 
@@ -30,3 +35,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def assert_refused(tmp_path: Path, case: str, change, expected: list[str]) -> None:
+    """GOOD broken by `change` is refused with one message naming the file and holding every `expected` part."""
+    path = write(tmp_path, f"bad_{case}.yaml", change(GOOD))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    message = str(err.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message, f"{part!r} not in:\n{message}"

@@ -64,4 +64,5 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     fresh.load_state_dict(state["optimizer"])
     assert fresh.state_dict()["state"][0]["step"] == 1
     meta = read_checkpoint_config(tmp_path)
-    assert meta == {"trainable": "bast", "config": {"train": {"lr": 0.1}}, "epoch": 4, "metrics": {"val_ad_deg": 12.5}}
+    assert meta == {"trainable": "bast", "config": {"train": {"lr": 0.1}}, "epoch": 4, "metrics": {"val_ad_deg": 12.5},
+                    "history": [{"val_ad_deg": 12.5}]}  # no history given: the checkpoint's own epoch

@@ -138,8 +138,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(directory: Path, *, model, optimizer, scheduler, epoch: int, seed: int, trainable: str,
-                    config: dict, metrics: dict) -> None:
-    """Everything a run needs to go on from the next epoch, loadable with torch.load(weights_only=True)."""
+                    config: dict, metrics: dict, history: list[dict] | None = None) -> None:
+    """Everything a run needs to go on from the next epoch, loadable with torch.load(weights_only=True).
+
+    config.json also keeps every epoch's metrics so far (`history`): a driver that missed some reports can log them
+    from the newest checkpoint alone, even after Train has deleted the older ones (CheckpointConfig.num_to_keep)."""
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -149,7 +152,8 @@ def save_checkpoint(directory: Path, *, model, optimizer, scheduler, epoch: int,
     }
     torch.save(state, directory / CHECKPOINT_FILE)
     (directory / CONFIG_FILE).write_text(json.dumps({"trainable": trainable, "config": config, "epoch": epoch,
-                                                     "metrics": metrics}, indent=2, sort_keys=True))
+                                                     "metrics": metrics, "history": history or [metrics]},
+                                                    indent=2, sort_keys=True))
 
 
 def load_checkpoint_state(directory: str | os.PathLike, map_location="cpu") -> dict:
@@ -188,11 +192,12 @@ def train_worker(loop_config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, tc.schedule))
 
-    start_epoch = 0
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint_state(d)
+            history = list(read_checkpoint_config(d).get("history", []))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -252,10 +257,12 @@ def train_worker(loop_config: dict) -> None:
         if bad:
             raise FloatingPointError(f"{spec.name}: {', '.join(bad)} not finite after epoch {epoch}")
 
+        history = [h for h in history if h.get("epoch", 0) < epoch] + [metrics]  # an epoch replayed replaces its own
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="binsweep-ckpt-") as d:
                 save_checkpoint(Path(d), model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                                seed=tc.seed, trainable=spec.name, config=loop_config["config"], metrics=metrics)
+                                seed=tc.seed, trainable=spec.name, config=loop_config["config"], metrics=metrics,
+                                history=history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
