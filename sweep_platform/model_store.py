@@ -13,6 +13,7 @@ import ast
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +208,17 @@ def load_checkpoint(spec: TrainableSpec, checkpoint_dir: str | Path,
 # ------------------------------------------------------------------------------------------------ one way in
 
 
-def _origin(source: str, trainable: str | None) -> tuple[TrainableSpec, dict[str, str] | None]:
-    """The trainable that made the model at `source` and, for an MLflow model, its run's params (None for a folder)."""
+@dataclass(frozen=True)
+class Origin:
+    """Where a model came from: the trainable that made it and, for an MLflow model, its training run's params."""
+
+    spec: TrainableSpec
+    params: dict[str, str] | None  # None for a checkpoint folder (its config.json holds the config)
+
+
+def origin(source: str, trainable: str | None = None) -> Origin:
+    """The Origin of the model at `source`, found without loading the model; `trainable`, when given, must be the
+    one that made it."""
     folder = Path(source)
     if folder.is_dir():
         made_by = _checkpoint_trainable(folder)
@@ -216,23 +226,26 @@ def _origin(source: str, trainable: str | None) -> tuple[TrainableSpec, dict[str
             raise ModelLoadError(source, f"it is a {made_by} checkpoint, not {trainable}")
         if not (trainable or made_by):
             raise ModelLoadError(source, "its config.json does not name its trainable")
-        return get_trainable(trainable or made_by), None
+        return Origin(get_trainable(trainable or made_by), None)
     if not source.startswith(URI_SCHEMES):
         raise ModelLoadError(source, "neither a checkpoint folder nor a model URI (models:/NAME@ALIAS, "
                                      "models:/NAME/VERSION, models:/m-ID, runs:/RUN_ID/PATH)")
-    return _mlflow_origin(source, trainable)
+    return Origin(*_mlflow_origin(source, trainable))
 
 
 def spec_of(source: str) -> TrainableSpec:
     """The TrainableSpec of the trainable that made the model at `source`, without loading the model."""
-    return _origin(source, None)[0]
+    return origin(source).spec
 
 
-def load_model(source: str, trainable: str | None = None, device: str = "cpu") -> tuple[Any, BaseModel]:
+def load_model(source: str, trainable: str | None = None, device: str = "cpu",
+               known: Origin | None = None) -> tuple[Any, BaseModel]:
     """(model in eval mode on `device`, the trainable config it was trained with) from a models:/ or runs:/ URI or a
-    checkpoint folder. `trainable`, when given, must be the one that made it. ModelLoadError when the source is not
-    a model, cannot be found or read, or is another trainable's."""
-    spec, params = _origin(source, trainable)
+    checkpoint folder. `trainable`, when given, must be the one that made it; `known` is the source's Origin when
+    the caller already looked it up. ModelLoadError when the source is not a model, cannot be found or read, or is
+    another trainable's."""
+    found = known or origin(source, trainable)
+    spec, params = found.spec, found.params
     if params is None:
         try:
             model, config, _ = load_checkpoint(spec, source, device)

@@ -16,7 +16,7 @@ import typing
 import warnings
 from typing import Any, Callable
 
-from sweep_platform.sweep_spec import SAMPLERS, ParamSpec, SweepSpec
+from sweep_platform.sweep_spec import SAMPLERS, ParamSpec, SweepSpec, flatten
 
 if typing.TYPE_CHECKING:  # optuna is imported lazily: loading a sweep file must not pay for it
     import optuna
@@ -167,7 +167,7 @@ def describe(spec: SweepSpec) -> str:
         lines.append("scheduler  none (every trial runs all its epochs)")
     if spec.experiment:
         lines.append(f"mlflow     experiment {spec.experiment}")
-    flat = _flatten(spec.base)
+    flat = flatten(spec.base)
     if flat:
         lines += _wrap("base       " + "  ".join(f"{k}={format_value(v)}" for k, v in flat.items()))
     n = len(spec.space)
@@ -208,16 +208,6 @@ def format_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(format_value(x) for x in v) + "]"
     return str(v)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _wrap(line: str, width: int = 110) -> list[str]:

@@ -36,11 +36,12 @@ class FilePrediction:
 def predict_files(model_uri: str, files: list[str | Path], device: str = "cpu") -> list[FilePrediction]:
     """One FilePrediction per file, in order, with the model at `model_uri` (a models:/ or runs:/ URI or a
     checkpoint folder)."""
-    spec = model_store.spec_of(model_uri)
+    found = model_store.origin(model_uri)  # looked up once: the trainable before loading, then its params
+    spec = found.spec
     if spec.predictor is None:
         raise NoPredictorError(f"trainable {spec.name!r} (the model {model_uri}) has no predictor, so "
                                f"`binsweep predict` cannot run it", hint=_instead(spec))
-    model, config = model_store.load_model(model_uri, spec.name, device)
+    model, config = model_store.load_model(model_uri, device=device, known=found)
     out = []
     for f in files:
         try:

@@ -244,6 +244,18 @@ def trial_config(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"sharing": "SP"}} -> {"model.sharing": "SP"}: the dotted keys of a sweep file (an empty mapping
+    stays one value); the inverse of `nest`."""
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
     """{"model.sharing": "SP"} -> {"model": {"sharing": "SP"}}; nested dict values are kept (and merged)."""
     nested: dict[str, Any] = {}

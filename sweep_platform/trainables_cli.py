@@ -47,7 +47,7 @@ def describe(name: str) -> dict[str, Any]:
     try:
         spec = get_trainable(name)
     except Exception as exc:  # noqa: BLE001 - a broken trainable is listed, not fatal to the listing
-        return {"name": name, "source": _entry_point_source(name), "error": f"{type(exc).__name__}: {exc}"}
+        return {"name": name, "source": trainable_source(name), "error": f"{type(exc).__name__}: {exc}"}
     return {
         "name": name,
         "source": trainable_source(name),
@@ -62,28 +62,9 @@ def describe(name: str) -> dict[str, Any]:
 
 def config_defaults(config_type) -> dict[str, Any]:
     """Every key of a config type with its default, flattened to the dotted keys a sweep file uses (model.depth)."""
-    out: dict[str, Any] = {}
+    from sweep_platform.sweep_spec import flatten
 
-    def walk(value: Any, prefix: str) -> None:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            out[prefix] = value
-
-    walk(config_type().model_dump(mode="json", by_alias=True), "")
-    return out
-
-
-def _entry_point_source(name: str) -> str:
-    """Where a trainable that does not load was declared (its distribution), or 'registered at run time'."""
-    from importlib.metadata import entry_points
-
-    from trainables.registry import ENTRY_POINT_GROUP
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        return f"{ep.dist.name} {ep.dist.version} ({ep.value})" if ep.dist is not None else ep.value
-    return "registered at run time"
+    return flatten(config_type().model_dump(mode="json", by_alias=True))
 
 
 def _print_table(found: list[dict[str, Any]]) -> None:

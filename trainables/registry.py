@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 ENTRY_POINT_GROUP = "binsweep.trainables"
 _REGISTRY: dict[str, TrainableSpec] = {}
-_LOADED_FROM: dict[str, str] = {}  # name -> distribution / module it came from
+_RUNTIME_SOURCES: dict[str, str] = {}  # name -> where a trainable registered at run time came from
 
 
 class TrainableNotFoundError(KeyError):
@@ -154,16 +154,16 @@ class TrainableSpec:
 def register_trainable(spec: TrainableSpec, source: str = "registered at run time") -> TrainableSpec:
     _discover()
     if spec.name in _REGISTRY:
-        raise ValueError(f"a trainable named {spec.name!r} is already registered ({_LOADED_FROM[spec.name]})")
+        raise ValueError(f"a trainable named {spec.name!r} is already registered ({trainable_source(spec.name)})")
     _REGISTRY[spec.name] = spec
-    _LOADED_FROM[spec.name] = source
+    _RUNTIME_SOURCES[spec.name] = source
     return spec
 
 
 def unregister_trainable(name: str) -> None:
     """Drop a trainable registered at run time (tests)."""
     _REGISTRY.pop(name, None)
-    _LOADED_FROM.pop(name, None)
+    _RUNTIME_SOURCES.pop(name, None)
 
 
 _ENTRY_POINTS: dict[str, importlib.metadata.EntryPoint] | None = None
@@ -191,20 +191,28 @@ def _load(name: str) -> None:
         raise ValueError(f"entry point {name} = {ep.value!r} names a trainable called {spec.name!r}; the entry "
                          "point's name and TrainableSpec.name must agree")
     _REGISTRY[name] = spec
-    dist = getattr(ep, "dist", None)
-    _LOADED_FROM[name] = f"{dist.name} {dist.version}" if dist is not None else ep.value
+
+
+def _not_found(name: str) -> TrainableNotFoundError:
+    return TrainableNotFoundError(f"unknown trainable {name!r}; known trainables: "
+                                  f"{', '.join(known_trainables()) or 'none (is binsweep installed?)'}")
 
 
 def get_trainable(name: str) -> TrainableSpec:
     if name not in _REGISTRY and name in _discover():
         _load(name)
     if name not in _REGISTRY:
-        raise TrainableNotFoundError(f"unknown trainable {name!r}; known trainables: "
-                                     f"{', '.join(known_trainables()) or 'none (is binsweep installed?)'}")
+        raise _not_found(name)
     return _REGISTRY[name]
 
 
 def trainable_source(name: str) -> str:
-    """Where a trainable came from: its distribution and version, or 'registered at run time'."""
-    get_trainable(name)
-    return _LOADED_FROM[name]
+    """Where a trainable comes from, without importing it (so a broken one can be named too): its distribution and
+    version for an entry point, else where it was registered at run time."""
+    if name in _RUNTIME_SOURCES:
+        return _RUNTIME_SOURCES[name]
+    ep = _discover().get(name)
+    if ep is None:
+        raise _not_found(name)
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else ep.value

@@ -7,6 +7,7 @@ turned into degrees in [0, 360), counter-clockwise, 0 = front, 90 = left (design
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -50,16 +51,21 @@ def read_clip(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(wave[:, start:start + CLIP_SAMPLES], dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _front_end(device: str):
+    """One spectrogram front end per device for every file predicted (its window is built once)."""
+    from trainables.audio import BinauralFrontEnd
+
+    return BinauralFrontEnd(sample_rate=SAMPLE_RATE).to(device)
+
+
 def predict_file(model, config, path: str | Path, device: str = "cpu") -> dict[str, float]:
     """{"azimuth_deg": degrees in [0, 360)} for one stereo file."""
     import torch
 
-    from trainables.audio import BinauralFrontEnd
-
     clip = read_clip(path)
-    front_end = BinauralFrontEnd(sample_rate=SAMPLE_RATE).to(device)
     with torch.no_grad():
-        pred = model(front_end(torch.from_numpy(clip)[None].to(device)))
+        pred = model(_front_end(str(device))(torch.from_numpy(clip)[None].to(device)))
     if not isinstance(pred, torch.Tensor) or tuple(pred.shape) != (1, 2):
         got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
         raise TypeError(f"not a localization model: it returned {got} instead of (x, y)")
