@@ -216,10 +216,9 @@ class MlflowSweepCallback(Callback):
         """Epochs whose checkpoint was saved but whose result never reached Tune (the driver died or was stopped
         in between, so Train resumes after them): logged from the history the loop keeps in every checkpoint, so an
         epoch whose own checkpoint Train has since deleted (num_to_keep) is not lost."""
-        paths = {epoch: path for epoch, path, _ in self._checkpoints(tid)}
-        for epoch, metrics in sorted(storage.trial_history(self.ctx.name, tid).items()):
+        for epoch, (metrics, path) in sorted(storage.trial_history(self.ctx.name, tid).items()):
             if rec["last_epoch"] < epoch < before:
-                self._log_epoch(rec, epoch, metrics, paths.get(epoch))  # best only among checkpoints still kept
+                self._log_epoch(rec, epoch, metrics, path)  # best only among checkpoints still kept (path not None)
 
     def _checkpoints(self, tid: str) -> list[tuple[int, str, dict]]:
         return storage.trial_checkpoints(self.ctx.name, tid)

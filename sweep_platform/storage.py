@@ -101,15 +101,18 @@ def trial_checkpoints(sweep_name: str, trial_id: str) -> list[tuple[int, str, di
     return [(epoch, path, meta.get("metrics", {})) for epoch, path, meta in _checkpoint_configs(sweep_name, trial_id)]
 
 
-def trial_history(sweep_name: str, trial_id: str) -> dict[int, dict]:
-    """Every epoch's metrics of a trial as its newest kept checkpoint recorded them (the loop keeps the whole history
-    in each checkpoint), by epoch; epochs of older kept checkpoints fill in for checkpoints from an older binsweep."""
-    out: dict[int, dict] = {}
-    for epoch, _, meta in _checkpoint_configs(sweep_name, trial_id):
+def trial_history(sweep_name: str, trial_id: str) -> dict[int, tuple[dict, str | None]]:
+    """Every epoch's metrics of a trial, by epoch, with the path of its checkpoint when Train still keeps it (None
+    when num_to_keep deleted it): the loop keeps the whole history in each checkpoint, so the newest one knows every
+    epoch; a kept checkpoint from an older binsweep (no history) still gives its own."""
+    out: dict[int, tuple[dict, str | None]] = {}
+    kept = _checkpoint_configs(sweep_name, trial_id)
+    for _, _, meta in kept:
         for h in meta.get("history", []):
             if "epoch" in h:
-                out[int(h["epoch"])] = dict(h)
-        out[epoch] = dict(meta.get("metrics", {}))
+                out[int(h["epoch"])] = (dict(h), None)
+    for epoch, path, meta in kept:
+        out[epoch] = (dict(meta.get("metrics", {})), path)
     return out
 
 

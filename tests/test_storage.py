@@ -28,7 +28,9 @@ def test_history_survives_deleted_checkpoints(tmp_path, monkeypatch):
     _checkpoint(tmp_path, "s", "t1", 1, hist[:1])
     newest = _checkpoint(tmp_path, "s", "t1", 3, hist)  # epoch 2's checkpoint was deleted
     assert [e for e, _, _ in storage.trial_checkpoints("s", "t1")] == [1, 3]
-    assert storage.trial_history("s", "t1") == {1: hist[0], 2: hist[1], 3: hist[2]}
+    first = tmp_path / storage.train_run_name("s", "t1") / "checkpoint_000001"
+    assert storage.trial_history("s", "t1") == {1: (hist[0], str(first)), 2: (hist[1], None),
+                                                 3: (hist[2], str(newest))}
     meta = json.loads((newest / "config.json").read_text())
     assert meta["metrics"] == hist[2] and meta["history"] == hist
     assert storage.trial_history("s", "other") == {}
