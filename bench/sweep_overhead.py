@@ -74,6 +74,7 @@ def main() -> None:
     runs = c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
     startup = [r.data.metrics["startup_s"] for r in runs if "startup_s" in r.data.metrics]
     walls = [r.data.metrics["wall_s"] for r in runs if "wall_s" in r.data.metrics]
+    evals = [r.data.metrics["eval_s"] for r in runs if "eval_s" in r.data.metrics]
     print(f"plain sequential loop : {plain_s:7.1f} s  ({plain_s / args.trials:5.1f} s per training)")
     print(f"binsweep sweep        : {sweep_s:7.1f} s  ({outcome.succeeded}/{args.trials} trials succeeded; "
           f"includes test evaluation + model logging per trial)")
@@ -81,6 +82,9 @@ def main() -> None:
     if walls:
         print(f"per-trial wall in the sweep: mean {statistics.mean(walls):5.1f} s (plain "
               f"{plain_s / args.trials:5.1f} s)")
+    if evals:
+        print(f"per-trial evaluation  : mean {statistics.mean(evals):5.1f} s (test split, plots, model logging; "
+              "in the trial)")
     if startup:
         print(f"per-trial start-up    : mean {statistics.mean(startup):5.1f} s, min {min(startup):5.1f} s, "
               f"max {max(startup):5.1f} s (trial start to first epoch start)")

@@ -45,6 +45,13 @@ ModelNameOpt = Annotated[Optional[str], typer.Option(
 ModelUriArg = Annotated[str, typer.Argument(help="Model: models:/bast@champion, models:/bast/3, runs:/RUN_ID/model "
                                             "or a checkpoint folder.")]
 
+SweepMaxFailuresOpt = Annotated[Optional[int], typer.Option(
+    "--max-failures", min=0, help="Times a trial is retried from its last checkpoint when it fails or its process or "
+    "node dies (overrides the sweep file's max_failures, default 1).")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option(
+    "--concurrency", min=1, help="Trials at once (overrides the sweep file's concurrency; its default `auto` counts "
+    "what the cluster can grow to).")]
+
 MaxFailuresOpt = Annotated[int, typer.Option(
     "--max-failures", min=0, help="Worker failures a Train run recovers from (restarting from its last checkpoint) "
     "before it fails, e.g. 2 on spot instances. A NaN loss fails it whatever this says.")]

@@ -82,7 +82,8 @@ class JobRequest:
     env: dict[str, str] = field(default_factory=dict)
     entrypoint_cpus: float = 1.0
     driver_resource: str | None = DRIVER_RESOURCE
-    max_failures: int = 0
+    max_failures: int | None = None
+    concurrency: int | None = None
 
     @property
     def relative_file(self) -> str:
@@ -97,8 +98,10 @@ class JobRequest:
     @property
     def entrypoint(self) -> str:
         args = ["python", "-m", "sweep_platform", "sweep", self.relative_file, "--name", self.name, "--no-progress"]
-        if self.max_failures:
+        if self.max_failures is not None:
             args += ["--max-failures", str(self.max_failures)]
+        if self.concurrency is not None:
+            args += ["--concurrency", str(self.concurrency)]
         return shlex.join(args)
 
     @property

@@ -4,11 +4,12 @@ Layout (design.md): one parent run per sweep (tag binsweep.role = sweep) with th
 and `sweep.yaml` + `space.txt` as artifacts; one child run per trial (tag mlflow.parentRunId) with the trial's whole
 flattened config as params, `params_m` at trial start, every epoch's metrics at step = epoch (one log_batch per
 epoch), and at the end its state (binsweep.state: completed, stopped by ASHA, failed + binsweep.error), gpu_hours and
-wall_s. A trial that completes or is stopped gets its best checkpoint (by the sweep's first objective) scored on the
-test split (`training.evaluate_and_log`: test metrics, plots, attention rollout, the model as a LoggedModel).
+wall_s. The test evaluation of a trial's best checkpoint (test metrics, plots, the model as a LoggedModel) is never run
+here, on the driver (`trial_eval`): a single-worker trial does it itself before it reports its last epoch; for a
+multi-worker trial, and for an ASHA-stopped trial when the sweep file says `evaluate_stopped: true`, this callback
+starts it as a Ray task with one worker's resources and waits for those tasks at the end of the sweep.
 
-Nothing here may stop a trial: every MLflow call goes through `tracking.with_retries`, and evaluation runs on one
-background thread so Tune's event loop never waits for it (it is joined at the end of the sweep).
+Nothing here may stop a trial: every MLflow call goes through `tracking.with_retries`.
 
 Restores: the trial -> run map is the callback's `get_state`, saved by Tune with the experiment state. Tune saves it
 every ~10 s, so after a driver is killed the map can be a few seconds behind MLflow; a trial whose run is missing
@@ -24,7 +25,6 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray.tune import Callback
@@ -82,18 +82,16 @@ class MlflowSweepCallback(Callback):
 
         spec = self.ctx.spec
         self._rt = {"client": tracking.client(), "lock": threading.Lock(), "started": {}, "first": {},
-                    "restarted": set(),
-                    "pool": ThreadPoolExecutor(1, thread_name_prefix="binsweep-eval"),
-                    "trainable": get_trainable(spec.trainable)}
+                    "restarted": set(), "evaluations": {}, "trainable": get_trainable(spec.trainable)}
         self._rt["fingerprint"] = self._fingerprint()
         parent = self.ctx.parent_run_id
         c = self._rt["client"]
         tracking.with_retries(lambda: c.update_run(parent, status="RUNNING"), "sweep status")
         tracking.with_retries(lambda: c.set_tag(parent, TAG_STATE, names.RUNNING), "sweep state")
-        # a previous driver died after a trial ended but before its evaluation was logged
+        # a previous driver died while an evaluation task it had started was running (the task died with it)
         for tid, rec in self._trials.items():
             if rec["state"] in names.SUCCEEDED_STATES and not rec.get("evaluated"):
-                self._rt["pool"].submit(self._finish, tid)
+                self._evaluate_elsewhere(tid, rec["state"])
 
     def _fingerprint(self) -> str:
         from sweep_platform.training import dataset_fingerprint, resolve_data_root
@@ -200,7 +198,7 @@ class MlflowSweepCallback(Callback):
             self._backfill(tid, rec, before=epoch)
         self._log_epoch(rec, epoch, result, result.get("checkpoint_path"))
         if not rec.get("restarts"):
-            self._startup(tid, rec["run_id"])
+            self._startup(tid, rec["run_id"], result)
 
     def _log_epoch(self, rec: dict, epoch: int, metrics: dict, checkpoint_path: str | None) -> None:
         spec, run_id = self.ctx.spec, rec["run_id"]
@@ -220,22 +218,18 @@ class MlflowSweepCallback(Callback):
             if rec["last_epoch"] < epoch < before:
                 self._log_epoch(rec, epoch, metrics, path)  # best only among checkpoints still kept (path not None)
 
-    def _checkpoints(self, tid: str) -> list[tuple[int, str, dict]]:
-        return storage.trial_checkpoints(self.ctx.name, tid)
-
-    def _startup(self, tid: str, run_id: str) -> None:
-        """Seconds from the trial's start to its first epoch's start (first report time minus one epoch's time):
-        actor, Train controller and worker group start-up, process group, data loading. Logged once, at step 0."""
-        now, first = time.time(), self._rt["first"]
-        if tid not in first:
-            first[tid] = now
-        elif first[tid] is not None:
-            start = self._rt["started"][tid][0]
-            startup = (first[tid] - start) - (now - first[tid])
-            first[tid] = None
-            if startup > 0:
-                tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, {"startup_s": startup}, step=0),
-                                      "startup time")
+    def _startup(self, tid: str, run_id: str, result: dict) -> None:
+        """Seconds from the trial's start to its first epoch's start (first report time minus that epoch's own
+        `epoch_s`): actor start-up, imports, model and data set-up (and, with several workers, Train's controller,
+        worker group and process group). Logged once, at step 0."""
+        first = self._rt["first"]
+        if tid in first or not tracking.is_number(result.get("epoch_s")):
+            return
+        first[tid] = True
+        startup = time.time() - self._rt["started"][tid][0] - float(result["epoch_s"])
+        if startup > 0:
+            tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, {"startup_s": startup}, step=0),
+                                  "startup time")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = trial.trial_id
@@ -244,7 +238,7 @@ class MlflowSweepCallback(Callback):
             return
         if rec["state"] in names.FINAL_STATES:  # rerun after a restore that lagged behind MLflow: already recorded
             if not rec.get("evaluated"):
-                self._rt["pool"].submit(self._finish, tid)
+                self._evaluate_elsewhere(tid, rec["state"])
             return
         if rec.get("restarts"):  # a resumed run's last epochs may be in its checkpoints only
             self._backfill(tid, rec)
@@ -254,7 +248,12 @@ class MlflowSweepCallback(Callback):
         last = max(rec["last_epoch"], int((trial.last_result or {}).get("epoch", 0)))
         state = end_state(self.ctx.spec, trial.config, last)
         self._end(tid, rec, state)
-        self._rt["pool"].submit(self._finish, tid)
+        best = self._best_tag(tid, rec)
+        c, run_id = self._client(), rec["run_id"]
+        tracking.with_retries(lambda: c.set_terminated(run_id, status="FINISHED"), "run status")
+        if best is not None or not self._evaluate_elsewhere(tid, state):
+            with self._rt["lock"]:
+                rec["evaluated"] = True
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tid = trial.trial_id
@@ -286,51 +285,47 @@ class MlflowSweepCallback(Callback):
         tracking.with_retries(lambda: tracking.log_metrics_batch(
             run_id, {"gpu_hours": r.workers * r.gpus_per_worker * wall / 3600, "wall_s": wall}, step=0), "gpu hours")
 
-    # -- evaluation (background thread) ----------------------------------------------------------------------
+    # -- evaluation (elsewhere) -----------------------------------------------------------------------------
 
-    def _finish(self, tid: str) -> None:
-        """Score the trial's best checkpoint on the test split, log the model, close the run."""
-        rec = self._trials[tid]
-        run_id, c = rec["run_id"], self._client()
-        try:
-            found = self._best_checkpoint(tid, rec)
-            if found is not None and self.evaluate:
-                path, epoch = found
-                from sweep_platform.training import evaluate_and_log
+    def _best_tag(self, tid: str, rec: dict) -> str | None:
+        """The trial's binsweep.best_checkpoint tag: set once it was evaluated (by itself, before its last report)."""
+        run = tracking.with_retries(lambda: self._client().get_run(rec["run_id"]), "trial run")
+        return run.data.tags.get(TAG_BEST_CHECKPOINT) if run is not None else None
 
-                with storage.checkpoint_dir(path) as d:
-                    evaluate_and_log(self._rt["trainable"], d, run_id, split="test", log_model=True)
-                tracking.with_retries(lambda: c.set_tag(run_id, TAG_BEST_CHECKPOINT, path), "checkpoint tag")
-                tracking.with_retries(lambda: c.set_tag(run_id, names.TAG_BEST_EPOCH, str(epoch)), "epoch tag")
-            elif found is None:
-                tracking.with_retries(lambda: c.set_tag(run_id, TAG_EVAL_ERROR, "no checkpoint to evaluate"), "tag")
-        except Exception as exc:  # noqa: BLE001 - a failed evaluation leaves the trial's training results intact
-            log.warning("evaluating trial %s failed: %s", tid, exc)
-            msg = tracking.redact(f"{type(exc).__name__}: {exc}")[:5000]
-            tracking.with_retries(lambda: c.set_tag(run_id, TAG_EVAL_ERROR, msg), "eval error tag")
-        tracking.with_retries(lambda: c.set_terminated(run_id, status="FINISHED"), "run status")
-        with self._rt["lock"]:
-            rec["evaluated"] = True
+    def _evaluate_elsewhere(self, tid: str, state: str) -> bool:
+        """Start the evaluation task of a multi-worker trial that completed, or of a stopped trial when the sweep
+        file asks; False when the trial gets none."""
+        from sweep_platform.trial_eval import evaluation_task
 
-    def _best_checkpoint(self, tid: str, rec: dict) -> tuple[str, int] | None:
-        """(path, epoch) of the best reported checkpoint if Train still keeps it, else the best one it keeps."""
-        kept = self._checkpoints(tid)
-        if rec["best"]:
-            for epoch, path, _ in kept:
-                if epoch == rec["best"][1]:
-                    return path, epoch
-        spec, best = self.ctx.spec, None
-        for epoch, path, metrics in kept:
-            v = metrics.get(spec.metric)
-            if tracking.is_number(v) and _better(v, best[0] if best else None, spec.mode):
-                best = (v, path, epoch)
-        return (best[1], best[2]) if best else None
+        spec = self.ctx.spec
+        wanted = (state == names.COMPLETED and spec.resources.workers > 1) or \
+            (state == names.STOPPED and spec.evaluate_stopped)
+        if not (wanted and self.evaluate):
+            return False
+        r = spec.resources
+        task = evaluation_task(r.cpus_per_worker, r.gpus_per_worker)
+        self._rt["evaluations"][tid] = task.remote(self.ctx.name, spec.trainable, spec.metric, spec.mode,
+                                                   self.ctx.parent_run_id, self.ctx.experiment_id, tid)
+        return True
+
+    def _wait_for_evaluations(self) -> None:
+        import ray
+
+        for tid, ref in self._rt["evaluations"].items():
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the task died (node lost): the run says so
+                msg = tracking.redact(f"evaluation task failed: {type(exc).__name__}: {exc}")[:5000]
+                run_id, c = self._trials[tid]["run_id"], self._client()
+                tracking.with_retries(lambda: c.set_tag(run_id, TAG_EVAL_ERROR, msg), "eval error tag")
+            with self._rt["lock"]:
+                self._trials[tid]["evaluated"] = True
+        self._rt["evaluations"].clear()
 
     # -- end of the sweep ------------------------------------------------------------------------------------
 
     def on_experiment_end(self, trials, **info):
-        rt = self._rt
-        rt["pool"].shutdown(wait=True)
+        self._wait_for_evaluations()
         c, parent, spec = self._client(), self.ctx.parent_run_id, self.ctx.spec
         # Ctrl-C: Tune saved the experiment, then stopped the running trials without on_trial_complete
         for tid, rec in self._trials.items():

@@ -4,7 +4,8 @@ of the folders in them.
 Layout, all under ray_runtime.storage_path() (runs/ray by default):
     <sweep>/                    the Tune experiment (experiment state, trials, searcher and callback state)
     <sweep>/binsweep-sweep.json what `resume` needs: the sweep file's text, the MLflow parent run
-    <sweep>-trial-<trial id>/   one Train run per trial (checkpoints)
+    <sweep>-trial-<trial id>/   one trial's checkpoints, checkpoint_<epoch>/ (a single-worker trial writes them
+                                itself; a multi-worker trial's Train run of that name writes Train's own)
 """
 
 from __future__ import annotations
@@ -116,15 +117,60 @@ def trial_history(sweep_name: str, trial_id: str) -> dict[int, tuple[dict, str |
     return out
 
 
+def run_dir(sweep_name: str, trial_id: str) -> str:
+    """The folder (or URI) of a trial's checkpoints."""
+    return f"{ray_runtime.storage_path().rstrip('/')}/{train_run_name(sweep_name, trial_id)}"
+
+
+def write_checkpoint(checkpoint, sweep_name: str, trial_id: str) -> str:
+    """Persist a `trainables.loop.CheckpointData` as <run dir>/checkpoint_<epoch>; returns its path.
+
+    Written to a local folder first, then moved (local storage) or uploaded file by file with config.json last
+    (object storage), so a reader never takes a half-written folder for a checkpoint: it needs config.json. A
+    replayed epoch replaces its own folder."""
+    import shutil
+    import tempfile
+
+    import pyarrow.fs
+
+    target = f"{run_dir(sweep_name, trial_id)}/checkpoint_{checkpoint.epoch:06d}"
+    fs, path = filesystem(target)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=Path(path).parent))
+        checkpoint.write(staging)
+        shutil.rmtree(path, ignore_errors=True)
+        staging.rename(path)
+        return path
+    from trainables.loop import CONFIG_FILE
+
+    with tempfile.TemporaryDirectory(prefix="binsweep-ckpt-") as d:
+        checkpoint.write(Path(d))
+        fs.create_dir(path, recursive=True)
+        files = sorted(Path(d).iterdir(), key=lambda f: f.name == CONFIG_FILE)  # config.json last
+        for f in files:
+            pyarrow.fs.copy_files(str(f), f"{path}/{f.name}", destination_filesystem=fs)
+    return path
+
+
+def delete_checkpoint(path: str) -> None:
+    """Remove a checkpoint folder given as `trial_checkpoints` names it (a path inside the storage filesystem)."""
+    fs, _ = filesystem(ray_runtime.storage_path())
+    try:
+        fs.delete_dir(path)
+    except OSError:
+        pass  # already gone
+
+
 def _checkpoint_configs(sweep_name: str, trial_id: str) -> list[tuple[int, str, dict]]:
     import pyarrow.fs
 
     from trainables.loop import CONFIG_FILE
 
     fs, root = filesystem(ray_runtime.storage_path())
-    run_dir = f"{root}/{train_run_name(sweep_name, trial_id)}"
+    folder = f"{root}/{train_run_name(sweep_name, trial_id)}"
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
     except OSError:
         return []
     out = []

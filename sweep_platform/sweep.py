@@ -74,23 +74,59 @@ def ensure_dataset(spec: SweepSpec, say=lambda text: None) -> Path | None:
     return root
 
 
-def concurrency(spec: SweepSpec, cluster: dict[str, float]) -> int:
-    """Trials at once: the file's number, or as many as the cluster holds (workers' CPUs/GPUs + 1 CPU per driver)."""
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What one trial's Tune actor holds: a single-worker trial trains in it (its worker's CPUs and GPUs); a
+    multi-worker trial's actor only drives a Train run whose workers hold their own."""
+    r = spec.resources
+    if r.workers == 1:
+        return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    return {"CPU": 1}
+
+
+def trial_footprint(spec: SweepSpec) -> dict[str, float]:
+    """Everything one trial takes from the cluster: its actor plus, with several workers, the worker group."""
+    r = spec.resources
+    if r.workers == 1:
+        return trial_resources(spec)
+    return {"CPU": r.workers * r.cpus_per_worker + 1,
+            **({"GPU": r.workers * r.gpus_per_worker} if r.gpus_per_worker else {})}
+
+
+def max_cluster_resources() -> dict[str, float] | None:
+    """What the cluster can grow to: the autoscaler's node types times their max workers (what Ray Train checks a
+    worker group against); None without an autoscaler (a fixed cluster is what is up)."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config() or None
+    except Exception:  # noqa: BLE001 - no autoscaler config, or an older GCS: count what is up
+        return None
+
+
+def trials_at_once(spec: SweepSpec, cluster: dict[str, float], ceiling: dict[str, float] | None = None) -> int:
+    """Trials at once: the file's number, or as many as the cluster holds, counting what an autoscaling cluster can
+    grow to (`ceiling`, per resource the larger of it and what is up now)."""
     if spec.concurrency != "auto":
         return int(spec.concurrency)
-    r = spec.resources
-    cpus = r.workers * r.cpus_per_worker + 1
-    fits = [math.floor(cluster.get("CPU", 0) / cpus + 1e-9)]
-    if r.gpus_per_worker:
-        fits.append(math.floor(cluster.get("GPU", 0) / (r.workers * r.gpus_per_worker) + 1e-9))
-    n = min(fits)
+    need = trial_footprint(spec)
+    have = {k: max(cluster.get(k, 0), (ceiling or {}).get(k, 0)) for k in need}
+    n = min(math.floor(have[k] / v + 1e-9) for k, v in need.items())
     if n < 1:
-        need = f"{cpus:g} CPUs" + (f" and {r.workers * r.gpus_per_worker:g} GPUs" if r.gpus_per_worker else "")
-        have = f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs"
-        raise ClusterTooSmallError(f"{spec.source}: resources: one trial needs {need} ({r.workers} workers + 1 CPU for its "
-                         f"driver) but the Ray cluster has {have}; lower resources or set concurrency explicitly "
-                         "on an autoscaling cluster")
+        r = spec.resources
+        want = " and ".join(f"{v:g} {k}s" for k, v in need.items())
+        got = " and ".join(f"{have[k]:g} {k}s" for k in need)
+        scope = "at its largest (autoscaler)" if ceiling else "now"
+        driver = f" ({r.workers} workers + 1 CPU for its driver)" if r.workers > 1 else ""
+        raise ClusterTooSmallError(f"{spec.source}: resources: one trial needs {want}{driver} but the Ray cluster has "
+                                   f"{got} {scope}; lower resources or set concurrency explicitly")
     return min(n, spec.trials)
+
+
+def reuse_actors(spec: SweepSpec) -> bool:
+    """Single-worker trials run in their Tune actor, so the next trial can take over the warm process (torch, the
+    trainable and MLflow already imported): measured in bench/README.md. A multi-worker trial's actor only drives a
+    TorchTrainer, whose worker group is started afresh anyway."""
+    return spec.resources.workers == 1
 
 
 def _tune_env() -> None:
@@ -127,7 +163,7 @@ def _trial_id(trial) -> str:
 
 def _trainable(ctx: SweepContext):
     # the same function on start and on restore (Tune checks its name); the context rides in the object store
-    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, sweep=ctx), {"CPU": 1})
+    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, sweep=ctx), trial_resources(ctx.spec))
 
 
 @dataclass
@@ -152,10 +188,18 @@ class SweepOutcome:
         return next((t for t in self.trials if t["rank"] == 1), None)
 
 
-def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int = 0,
-                progress: bool = True, say=lambda text: None) -> SweepOutcome:
-    """Validate the sweep file, build its dataset when missing, then run it to the end (or until Ctrl-C)."""
+def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int | None = None,
+                concurrency: int | None = None, progress: bool = True, say=lambda text: None) -> SweepOutcome:
+    """Validate the sweep file, build its dataset when missing, then run it to the end (or until Ctrl-C).
+
+    `max_failures` and `concurrency` override the file's (the command line's --max-failures and --concurrency)."""
     spec = load_sweep(path)  # every problem at once, before anything is created
+    if concurrency is not None:
+        if concurrency < 1:
+            raise SweepNameError(f"--concurrency {concurrency}: allowed a positive integer")
+        spec = spec.model_copy(update={"concurrency": concurrency})
+    if max_failures is not None:
+        spec = spec.model_copy(update={"max_failures": max_failures})
     sweep_file = Path(path).read_text()  # the text that was validated, logged as the parent run's sweep.yaml
     name = name or default_name(spec)
     if not _NAME.match(name):
@@ -167,10 +211,10 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     trainable = get_trainable(spec.trainable)
     base = resolve_data_root(trainable, trial_model_config(spec, {}))  # the base config and its dataset, checked once
     cluster = ray_runtime.ensure_ray()
-    conc = concurrency(spec, cluster)
+    conc = trials_at_once(spec, cluster, max_cluster_resources())
     exp_id, parent = parent_run.create(name, spec, sweep_file=sweep_file, concurrency=conc,
                                        optuna_storage=storage.optuna_storage(), fingerprint=dataset_fingerprint(base))
-    ctx = SweepContext(name=name, spec=spec, sweep_file=sweep_file, max_failures=max_failures,
+    ctx = SweepContext(name=name, spec=spec, sweep_file=sweep_file, max_failures=spec.max_failures,
                        parent_run_id=parent, experiment_id=exp_id)
     ctx.save()
     say(f"sweep [bold]{name}[/bold]: {spec.trials} trials, {conc} at once; MLflow parent run {parent} "
@@ -181,10 +225,12 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
         tune_config=ray.tune.TuneConfig(
             metric=spec.metric, mode=spec.mode,  # the scheduler's (ASHA stops on the first objective)
             search_alg=_searcher(spec, name), scheduler=_scheduler(spec), num_samples=spec.trials,
-            max_concurrent_trials=conc, trial_name_creator=_trial_id, trial_dirname_creator=_trial_id),
+            max_concurrent_trials=conc, trial_name_creator=_trial_id, trial_dirname_creator=_trial_id,
+            reuse_actors=reuse_actors(spec)),
         run_config=ray.tune.RunConfig(
             name=name, storage_path=ray_runtime.storage_path(), verbose=0,
-            failure_config=ray.tune.FailureConfig(max_failures=0),  # a failed trial is recorded, never retried
+            # a trial that raised or whose process or node died goes on from its last checkpoint, max_failures times
+            failure_config=ray.tune.FailureConfig(max_failures=ctx.max_failures),
             callbacks=_callbacks(ctx, progress)),
     )
     return _fit(tuner, ctx)
@@ -207,28 +253,10 @@ def resume_sweep(name: str, *, say=lambda text: None) -> SweepOutcome:
     return _fit(tuner, ctx)
 
 
-class _Space:
-    """`optuna_space.define_by_run(spec)` as a picklable object: OptunaSearch.save pickles the searcher, space included,
-    with plain pickle every time Tune saves the experiment, and a closure cannot be pickled."""
-
-    def __init__(self, spec: SweepSpec):
-        self.spec = spec
-
-    def __call__(self, trial):
-        from sweep_platform.optuna_space import define_by_run
-
-        return define_by_run(self.spec)(trial)
-
-
 def _searcher(spec: SweepSpec, study_name: str):
-    from ray.tune.search.optuna import OptunaSearch
+    from sweep_platform.searcher import SweepSearch
 
-    from sweep_platform.optuna_space import make_sampler
-
-    multi = spec.multi_objective
-    return OptunaSearch(space=_Space(spec), metric=spec.metrics if multi else spec.metric,
-                        mode=spec.modes if multi else spec.mode, sampler=make_sampler(spec),
-                        storage=storage.optuna_rdb(), study_name=study_name)
+    return SweepSearch(spec, study_name)
 
 
 def _scheduler(spec: SweepSpec):

@@ -16,15 +16,16 @@ from sweep_platform.errors import INTERRUPTED, console, err_console
 def sweep(
     file: opt.SweepFileArg,
     name: opt.SweepNameOpt = None,
-    max_failures: opt.MaxFailuresOpt = 0,
+    concurrency: opt.ConcurrencyOpt = None,
+    max_failures: opt.SweepMaxFailuresOpt = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live table of trials (off "
                                            "with --format json).")] = True,
     format: opt.FormatOpt = opt.Format.table,
 ) -> None:
     """Run a sweep: Optuna proposes each trial, ASHA stops the poor ones, every trial is an MLflow child run.
 
-    Each trial trains on Ray Train (local Ray, or the cluster in RAY_ADDRESS) and its best checkpoint is scored on
-    the test split. Failed trials (e.g. a NaN loss) are recorded with their error while the others go on; the
+    Each trial trains on its own Ray resources (local Ray, or the cluster in RAY_ADDRESS; Ray Train's worker group
+    when it has several workers) and scores its best checkpoint on the test split. Failed trials (e.g. a NaN loss) are recorded with their error while the others go on; the
     command exits 0 when at least one trial succeeded. Ctrl-C stops cleanly: continue with `binsweep resume NAME`.
     With --format json the final leaderboard goes to stdout as JSON and everything else to stderr.
 
@@ -36,7 +37,8 @@ def sweep(
     sweep_name = name or default_name(load_sweep(file))  # a bad file fails here, before anything is created
     as_json = format is opt.Format.json
     try:
-        outcome = start_sweep(file, sweep_name, max_failures=max_failures, progress=progress and not as_json,
+        outcome = start_sweep(file, sweep_name, max_failures=max_failures, concurrency=concurrency,
+                              progress=progress and not as_json,
                               say=_say_to(as_json))
     except KeyboardInterrupt:
         _interrupted(sweep_name, as_json)
@@ -126,7 +128,8 @@ def submit(
     entrypoint_cpus: Annotated[float, typer.Option(help="CPUs reserved for the sweep driver.", min=0)] = 1.0,
     driver_resource: Annotated[str, typer.Option(help="Custom resource that pins the driver to a node that stays "
                                                  "(the head); '' to run it anywhere.")] = "sweep_driver",
-    max_failures: opt.MaxFailuresOpt = 0,
+    concurrency: opt.ConcurrencyOpt = None,
+    max_failures: opt.SweepMaxFailuresOpt = None,
     follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream the job's logs until it ends; the "
                                          "exit code is then the job's (0 SUCCEEDED, 1 otherwise).")] = False,
 ) -> None:
@@ -142,7 +145,8 @@ def submit(
     req = jobs.JobRequest(
         sweep_file=file, working_dir=working_dir, name=name or default_name(load_sweep(file)),
         address=jobs.job_address(address), env=jobs.forwarded_env(jobs.parse_env(env or [])),
-        entrypoint_cpus=entrypoint_cpus, driver_resource=driver_resource or None, max_failures=max_failures)
+        entrypoint_cpus=entrypoint_cpus, driver_resource=driver_resource or None, max_failures=max_failures,
+        concurrency=concurrency)
     job_id = jobs.submit(req)
     console.print(f"submitted sweep [bold]{req.name}[/bold] to {req.address} as job {job_id}", highlight=False)
     console.print(f"  same as: {req.command_line()}", highlight=False, soft_wrap=True, markup=False)

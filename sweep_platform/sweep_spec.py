@@ -175,6 +175,9 @@ class SweepSpec(_Strict):
     scheduler: SchedulerSpec = SchedulerSpec()
     concurrency: Union[Literal["auto"], int] = "auto"
     resources: ResourcesSpec = ResourcesSpec()
+    max_failures: int = Field(1, ge=0, description="times a trial is retried from its last checkpoint when it fails "
+                                                   "or its process or node dies")
+    evaluate_stopped: bool = Field(False, description="also score trials that ASHA stopped on the test split")
     sampler: SamplerSpec = SamplerSpec()
     experiment: str | None = Field(None, description="MLflow experiment; default binsweep-<trainable>")
     base: dict[str, Any] = Field(default_factory=dict)

@@ -132,11 +132,12 @@ class Evaluated:
 
 
 def evaluate_and_log(spec: TrainableSpec, checkpoint_dir: str | Path, run_id: str | None, split: str = "test",
-                     log_model: bool = True) -> Evaluated:
-    """Score a checkpoint on `split` on this machine; log metrics, plots and the model to `run_id`."""
+                     log_model: bool = True, device: str | None = None) -> Evaluated:
+    """Score a checkpoint on `split` on `device` (default: this machine's GPU, else CPU); log metrics, plots and the
+    model to `run_id`."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, config, _ = load_checkpoint(spec, checkpoint_dir, device)
     with tempfile.TemporaryDirectory(prefix="binsweep-eval-") as out:
         result = spec.evaluate(model, config, split, out_dir=Path(out), device=device)

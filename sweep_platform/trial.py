@@ -1,15 +1,17 @@
 """One trial of a sweep: its context, its config, its end state, and the Tune function that trains it.
 
-Each trial is the Tune function `run_trial`, which runs one Ray Train `TorchTrainer` (the driver-function pattern of
-reference/platform.md §1.2; a Trainer is never handed to a Tuner). The Train run is named from the Tune trial id, so
-a trial that Tune restarts after `binsweep resume` finds its Train run under the same (storage_path, name) and goes
-on from the run's last checkpoint. `TuneReportCallback` forwards rank 0's per-epoch metrics to Tune (with the
-checkpoint's path); `_ReportToTune` adds `params_m`, which Optuna needs in every result when it is an objective.
+Each trial is the Tune function `run_trial`. With one worker (every shipped sweep file) it runs the shared training
+loop in its own process (`trial_session`); with several it runs one Ray Train `TorchTrainer` (the driver-function
+pattern of reference/platform.md §1.2; a Trainer is never handed to a Tuner). Either way the trial's checkpoints are
+under a folder named from the Tune trial id (storage.run_dir), so a trial that Tune retries or that `binsweep resume`
+restarts goes on from its last checkpoint. Every result carries `params_m`, which Optuna needs in every result when it
+is an objective, and the checkpoint's path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,9 @@ from sweep_platform import configfile, names, storage, tracking
 from sweep_platform.sweep_file import parse_sweep
 from sweep_platform.sweep_spec import SweepSpec, trial_config
 from trainables.registry import TrainableSpec, get_trainable
+
+
+KEEP_CHECKPOINTS = 2  # the best by the sweep's first objective and the newest are always among them
 
 
 class TrialFailed(RuntimeError):
@@ -133,24 +138,59 @@ class _ReportToTune(TuneReportCallback):
 
 
 def run_trial(config: dict[str, Any], sweep: SweepContext) -> None:
-    """The Tune function of every trial: one Ray Train run of the trial's config.
+    """The Tune function of every trial.
 
+    One worker: the shared loop runs right here, on the trial's own resources (`trial_session`), and the trial scores
+    its best checkpoint before it reports its last epoch. Several workers: one Ray Train run (a TorchTrainer with its
+    worker group, DDP), evaluated afterwards by a task that the sweep driver's callback starts.
     `config` holds the trial's params under their dotted keys (Optuna's define-by-run names).
     """
     import ray.tune
 
-    from sweep_platform.training import Resources, make_trainer, resolve_data_root, root_cause
+    from sweep_platform.training import resolve_data_root
 
     spec = sweep.spec
     trainable = get_trainable(spec.trainable)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = resolve_data_root(trainable, trial_model_config(spec, config))
-    r = spec.resources
+    extra = {"params_m": count_params_m(trainable, cfg)}
+    fault = os.environ.get("BINSWEEP_FAULT")  # chaos drills and fault tests: see trainables.loop.Fault
+    if spec.resources.workers == 1:
+        _train_here(sweep, trainable, cfg, config, trial_id, extra, fault)
+    else:
+        _train_on_workers(sweep, trainable, cfg, trial_id, extra, fault)
+
+
+def _train_here(sweep: SweepContext, trainable: TrainableSpec, cfg: BaseModel, params: dict[str, Any],
+                trial_id: str, extra: dict[str, float], fault: str | None) -> None:
+    from sweep_platform.trial_eval import evaluate_trial
+    from sweep_platform.trial_session import TrialSession
+    from trainables.loop import train_loop
+
+    spec = sweep.spec
+    session = TrialSession(sweep.name, trial_id, metric=spec.metric, mode=spec.mode, keep=KEEP_CHECKPOINTS,
+                           final_epoch=trial_epochs(spec, params), extra=extra)
+
+    def evaluate() -> None:
+        evaluate_trial(sweep.name, spec.trainable, spec.metric, spec.mode, sweep.parent_run_id, sweep.experiment_id,
+                       trial_id, device=str(session.device))
+
+    session.before_final_report = evaluate
+    train_loop({"trainable": trainable.name, "config": cfg.model_dump(mode="json"), "fault": fault}, session)
+    if session.before_final_report is not None:  # restarted after its last epoch: nothing left to report
+        evaluate()
+
+
+def _train_on_workers(sweep: SweepContext, trainable: TrainableSpec, cfg: BaseModel, trial_id: str,
+                      extra: dict[str, float], fault: str | None) -> None:
+    from sweep_platform.training import Resources, make_trainer, root_cause
+
+    r = sweep.spec.resources
     trainer = make_trainer(
         trainable, cfg, name=storage.train_run_name(sweep.name, trial_id),
         resources=Resources(workers=r.workers, gpus_per_worker=r.gpus_per_worker, cpus_per_worker=r.cpus_per_worker),
-        max_failures=sweep.max_failures,
-        callbacks=[_ReportToTune({"params_m": count_params_m(trainable, cfg)})])
+        max_failures=sweep.max_failures, keep_checkpoints=KEEP_CHECKPOINTS, fault=fault,
+        callbacks=[_ReportToTune(extra)])
     try:
         trainer.fit()
     except Exception as exc:  # noqa: BLE001 - the worker's own error is what the user needs

@@ -77,7 +77,7 @@ def train_plain(config: BinauralConfig):
             for batch in recipe.batches("val", epoch, 0, 1):
                 for k, (s, n) in recipe.validation_sums(model, batch, device).items():
                     a = sums.setdefault(k, [0.0, 0])
-                    a[0], a[1] = a[0] + s, a[1] + n
+                    a[0], a[1] = a[0] + float(s), a[1] + n
         history.append({"epoch": epoch, "train_loss": total / seen, **{k: s / n for k, (s, n) in sums.items()}})
     return model.eval(), history
 
@@ -138,7 +138,7 @@ def test_recipe_protocol(scenes):
     with torch.no_grad():
         sums = recipe.validation_sums(model, next(iter(recipe.batches("val", 1, 0, 1))), torch.device("cpu"))
     assert set(sums) == {"val_loss", "val_stft_dist", "val_env_dist"}
-    assert all(np.isfinite(s) and n > 0 for s, n in sums.values())
+    assert all(np.isfinite(float(s)) and n > 0 for s, n in sums.values())
     with pytest.raises(ValueError, match="not divisible"):
         recipe.steps_per_epoch(3)
 

@@ -162,7 +162,7 @@ def test_recipe_loss_and_validation_sums(dataset):
     for batch in recipe.batches("val", 0, 0, 1):
         for name, (total, count) in recipe.validation_sums(model, batch, torch.device("cpu")).items():
             sums.setdefault(name, [0.0, 0])
-            sums[name][0] += total
+            sums[name][0] += float(total)
             sums[name][1] += count
     assert set(sums) == {"val_loss", "val_ad_deg", "val_mse"}
     n_val = sums["val_ad_deg"][1]

@@ -27,7 +27,7 @@ from sweep_platform import paths, ray_runtime, tracking
 from sweep_platform.cli import app
 from sweep_platform.sweep_file import parse_sweep
 from sweep_platform.storage import optuna_storage
-from sweep_platform.sweep import concurrency
+from sweep_platform.sweep import trial_resources, trials_at_once
 from sweep_platform.trial import end_state, trial_epochs
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def sweep_file(tmp: Path, **over) -> dict:
         "objectives": [{"metric": "val_ad_deg", "mode": "min"}, {"metric": "params_m", "mode": "min"}],
         "scheduler": {"type": "asha", "grace_epochs": 1, "max_epochs": 3, "reduction_factor": 2},
         "concurrency": 2, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
-        "sampler": {"type": "grid", "seed": 0},
+        "sampler": {"type": "grid", "seed": 0}, "evaluate_stopped": True,
         "base": {"model": {"preset": "bast_tiny", "embed_dim": 32, "mlp_dim": 64, "layers_left": 1,
                            "layers_right": 1, "layers_center": 1},
                  "train": {"epochs": 3, "batch_size": 16, "precision": "fp32", "grad_clip": None}},
@@ -84,14 +84,30 @@ def all_runs() -> int:
 def test_concurrency_follows_the_cluster_and_the_file(tmp_path):
     spec = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=4, sampler={"type": "random", "seed": 0}),
                        "t.yaml")
-    assert concurrency(spec, {"CPU": 4}) == 2  # (1 worker x 1 CPU + 1 driver) per trial
-    assert concurrency(spec, {"CPU": 16}) == 4  # never more than the trials
+    assert trials_at_once(spec, {"CPU": 3}) == 3  # a single-worker trial trains in its own actor: 1 CPU each
+    assert trials_at_once(spec, {"CPU": 16}) == 4  # never more than the trials
     gpu = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=8, sampler={"type": "random"},
                                  resources={"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1}), "t.yaml")
-    assert concurrency(gpu, {"CPU": 64, "GPU": 8}) == 4  # GPUs bind first: 8 / (2 x 1)
+    assert trials_at_once(gpu, {"CPU": 64, "GPU": 8}) == 4  # GPUs bind first: 8 / (2 x 1)
     with pytest.raises(ValueError, match="one trial needs 5 CPUs and 2 GPUs"):
-        concurrency(gpu, {"CPU": 64, "GPU": 1})
-    assert concurrency(parse_sweep(sweep_file(tmp_path), "t.yaml"), {"CPU": 1}) == 2  # the file's number wins
+        trials_at_once(gpu, {"CPU": 64, "GPU": 1})
+    assert trials_at_once(parse_sweep(sweep_file(tmp_path), "t.yaml"), {"CPU": 1}) == 2  # the file's number wins
+
+
+def test_auto_concurrency_counts_what_an_autoscaling_cluster_can_grow_to(tmp_path):
+    one_gpu = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=8, sampler={"type": "random"},
+                                     resources={"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 1}), "t.yaml")
+    assert trial_resources(one_gpu) == {"CPU": 4, "GPU": 1}  # the trial's actor holds what its loop uses
+    head_only = {"CPU": 8}  # GPU workers not up yet
+    with pytest.raises(ValueError, match="one trial needs 4 CPUs and 1 GPUs but the Ray cluster has 8 CPUs and 0 GPUs"):
+        trials_at_once(one_gpu, head_only)
+    # the autoscaler can add 3 nodes of 8 CPUs + 1 GPU: 3 trials, not an error before anything is requested
+    assert trials_at_once(one_gpu, head_only, {"CPU": 32, "GPU": 3}) == 3
+    with pytest.raises(ValueError, match="at its largest"):
+        trials_at_once(one_gpu, head_only, {"CPU": 32, "GPU": 0})
+    shared = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=8, sampler={"type": "random"},
+                                    resources={"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.5}), "t.yaml")
+    assert trials_at_once(shared, {"CPU": 16, "GPU": 1}) == 2  # two trials share one GPU
 
 
 def test_a_trial_that_ends_before_its_last_epoch_was_stopped(tmp_path):
@@ -212,12 +228,17 @@ def test_one_child_run_per_trial_with_params_epochs_and_state(swept):
 
 @pytest.mark.slow
 def test_finished_trials_have_test_metrics_and_a_logged_model(swept):
+    """Completed trials scored themselves before their last report; stopped ones (evaluate_stopped: true) were scored
+    by a Ray task; none of it on the driver."""
     _, _, (parent,) = swept
     tracking.client()  # fluent API on the same store
+    states = []
     for run in children(parent.info.run_id, parent.info.experiment_id):
+        states.append(run.data.tags["binsweep.state"])
         if run.data.tags["binsweep.state"] == "failed":
             continue
         m = run.data.metrics
+        assert m["eval_s"] > 0 and "binsweep.eval_error" not in run.data.tags
         assert 0 <= m["test_ad_deg"] <= 180 and m["test_mse"] >= 0
         ckpt = run.data.tags["binsweep.best_checkpoint"]
         assert Path(ckpt, "state.pt").is_file()
@@ -226,6 +247,7 @@ def test_finished_trials_have_test_metrics_and_a_logged_model(swept):
         assert len(models) == 1
         arts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/attention_rollout.png" in arts
+    assert "completed" in states and "stopped" in states  # both ways of evaluating were exercised
 
 
 @pytest.mark.slow
@@ -233,11 +255,19 @@ def test_optuna_study_holds_every_trial(swept):
     name, _, _ = swept
     study = optuna.load_study(study_name=name, storage=optuna_storage())
     assert len(study.trials) == 4 and len(study.directions) == 2
-    states = sorted(t.state.name for t in study.trials)
-    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    runs = {float(r.data.params["train.lr"]): r.data.tags["binsweep.state"]
+            for r in children(_parent_run(name).info.run_id, _parent_run(name).info.experiment_id)}
+    told = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}  # ASHA's stops are prunes to Optuna
     for t in study.trials:
+        assert told[runs[float(t.params["train.lr"])]] == t.state.name, (runs, [(t.params, t.state.name) for t in study.trials])
         if t.state.name == "COMPLETE":
             assert 0.01 < t.values[1] < 0.1  # params_m, added to every Tune result for the multi-objective study
+    assert "PRUNED" in {t.state.name for t in study.trials}
+
+
+def _parent_run(name: str):
+    (run,) = parents(name)
+    return run
 
 
 @pytest.mark.slow

@@ -240,3 +240,34 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert again.info.status == "FINISHED" and again.data.tags["binsweep.state"] == "finished"
     study = optuna.load_study(study_name=name, storage=optuna_storage())
     assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+# ------------------------------------------------------------------------------- a real killed trial process
+
+
+@pytest.mark.slow
+def test_a_trial_whose_process_dies_goes_on_from_its_last_checkpoint(tmp_path):
+    """SIGKILL of the trial's own process at the start of epoch 3 (BINSWEEP_FAULT): Tune retries it (max_failures,
+    default 1) and the new process resumes after epoch 2; MLflow has every epoch once and the trial is evaluated."""
+    name = "killed-trial"
+    data = {**sweep_data(), "space": {"model.integration": {"choice": ["sub"]}}, "trials": 1}
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    marker = tmp_path / "killed"
+    env = {**os.environ, "BINSWEEP_FAULT": f"kill:0:3:{marker}"}
+    res = subprocess.run([sys.executable, "-m", "sweep_platform", "sweep", str(path), "--name", name, "--no-progress"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert marker.is_file() and "kill rank 0 at epoch 3" in marker.read_text()  # the process really died
+    (run,) = children(_parent(name).info.run_id)
+    assert epochs_of(run.info.run_id) == list(range(1, EPOCHS + 1))  # every epoch once
+    assert run.data.tags["binsweep.state"] == "completed" and "test_ad_deg" in run.data.metrics
+    tid = run.data.tags["binsweep.trial_id"]
+    results = [json.loads(line) for line in
+               Path(ray_runtime.storage_path(), name, tid, "result.json").read_text().splitlines()]
+    # the first process reported epochs 1 and 2; the retried one (a new pid, Tune's iterations from 1 again) went on
+    # from the epoch-2 checkpoint instead of training from scratch
+    assert [(r["epoch"], r["training_iteration"]) for r in results] == [(1, 1), (2, 2), (3, 1), (4, 2)]
+    assert results[0]["pid"] == results[1]["pid"] != results[2]["pid"] == results[3]["pid"]
+    (trial,) = optuna.load_study(study_name=name, storage=optuna_storage()).trials
+    assert trial.state.name == "COMPLETE"

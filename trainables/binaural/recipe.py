@@ -183,6 +183,6 @@ class BinauralRecipe:
             ears = ears_from_diff(self.cfg, x["mix"], pred)  # [B, 2, S]
             stft_d = stft_distance(ears, x["wave"], self.cfg)
             env_d = envelope_distance(ears, x["wave"])
-        return {"val_loss": (self.criterion(pred, x["mix_spec"], x["diff_spec"]).item() * n, n),
-                "val_stft_dist": (stft_d.sum().item(), n),
-                "val_env_dist": (env_d.sum().item(), n)}
+        return {"val_loss": (self.criterion(pred, x["mix_spec"], x["diff_spec"]).detach() * n, n),
+                "val_stft_dist": (stft_d.sum(), n),
+                "val_env_dist": (env_d.sum(), n)}

@@ -75,6 +75,6 @@ class LocalizationRecipe:
         n = len(target)
         ad_deg = torch.rad2deg(angle_between(pred, target))
         se = ((pred - target) ** 2).sum(dim=1)
-        return {"val_loss": (self.criterion(pred, target).item() * n, n),
-                "val_ad_deg": (ad_deg.sum().item(), n),
-                "val_mse": (se.sum().item(), n)}
+        return {"val_loss": (self.criterion(pred, target).detach() * n, n),
+                "val_ad_deg": (ad_deg.sum(), n),
+                "val_mse": (se.sum(), n)}

@@ -1,0 +1,117 @@
+"""The sweep's Optuna searcher: Ray's OptunaSearch on the sweep's define-by-run space and study, telling Optuna what
+really happened to each trial.
+
+Ray's OptunaSearch tells a trial that the scheduler stopped early as COMPLETE with the value of the epoch it was
+stopped at (reference/platform.md §2), so TPE and the report's fANOVA importances would learn mostly from epoch-3
+values as if they were final. Here, in Optuna's own semantics:
+- every epoch's value is an intermediate value at step = epoch (monotonic across restores, unlike Tune's
+  training_iteration);
+- a trial stopped before its last epoch is told as PRUNED (Optuna keeps its intermediate values; TPE treats pruned
+  trials as such);
+- a trial that ran all its epochs is told as COMPLETE with its best value (the epoch whose checkpoint is evaluated),
+  for every objective at that epoch;
+- a trial that failed is told as FAIL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from sweep_platform import storage, tracking
+from sweep_platform.sweep_spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+class _Space:
+    """`optuna_space.define_by_run(spec)` as a picklable object: OptunaSearch.save pickles the searcher, space included,
+    with plain pickle every time Tune saves the experiment, and a closure cannot be pickled."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+
+    def __call__(self, trial):
+        from sweep_platform.optuna_space import define_by_run
+
+        return define_by_run(self.spec)(trial)
+
+
+class SweepSearch(OptunaSearch):
+    """OptunaSearch with pruning and best values; see the module docstring. Its state (configs, best results) is
+    part of `__dict__`, which OptunaSearch.save/restore pickle, so it survives `binsweep resume`."""
+
+    def __init__(self, spec: SweepSpec, study_name: str):
+        from sweep_platform.optuna_space import make_sampler
+
+        multi = spec.multi_objective
+        super().__init__(space=_Space(spec), metric=spec.metrics if multi else spec.metric,
+                         mode=spec.modes if multi else spec.mode, sampler=make_sampler(spec),
+                         storage=storage.optuna_rdb(), study_name=study_name)
+        self._sweep = spec
+        self._configs: dict[str, dict] = {}
+        self._best: dict[str, dict] = {}  # trial id -> the result of its best epoch so far
+        self._last_epoch: dict[str, int] = {}
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._configs[trial_id] = config
+        return config
+
+    def _first(self, result: dict) -> Any:
+        return result.get(self._sweep.metrics[0])
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._note(trial_id, result)
+        value = self._first(result)
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or not tracking.is_number(value):
+            return  # Optuna keeps no intermediate values for multi-objective studies
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:  # an epoch replayed after a restore is ignored by Optuna (sweep._tune_env)
+            ot_trial.report(float(value), int(result.get("epoch", 0)))
+
+    def _note(self, trial_id: str, result: dict) -> None:
+        """The trial's last epoch and best result so far."""
+        epoch = int(result.get("epoch", 0))
+        self._last_epoch[trial_id] = max(self._last_epoch.get(trial_id, 0), epoch)
+        value = self._first(result)
+        if tracking.is_number(value):
+            best = self._best.get(trial_id)
+            mode = self._sweep.modes[0]
+            if best is None or (value < self._first(best) if mode == "min" else value > self._first(best)):
+                self._best[trial_id] = dict(result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)  # Ray's own warning / bookkeeping
+        from sweep_platform.trial import trial_epochs
+
+        ot_trial = self._ot_trials[trial_id]
+        if result and not error:  # a result that made the scheduler stop the trial reaches only this method
+            self.on_trial_result(trial_id, result)
+        last = self._last_epoch.get(trial_id, 0)
+        best = self._best.get(trial_id)
+        config = self._configs.get(trial_id)
+        if error:
+            state, values = optuna.trial.TrialState.FAIL, None
+        elif best is None or (config is not None and last < trial_epochs(self._sweep, config)):
+            state, values = optuna.trial.TrialState.PRUNED, None
+        else:
+            state = optuna.trial.TrialState.COMPLETE
+            values = [best.get(m) for m in self._sweep.metrics] if isinstance(self.metric, list) else self._first(best)
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is used up, which only an optimize() loop may do; the
+            # trial is stored before that (Optuna's tell sets the state in a finally)
+            if "Study.stop" not in str(exc):
+                log.warning("Optuna refused trial %s (%s): %s", trial_id, state.name, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a NaN objective: Optuna refuses it, the sweep goes on
+            log.warning("Optuna refused trial %s (%s): %s", trial_id, state.name, exc)
+        self._completed_trials.add(trial_id)
+        self._configs.pop(trial_id, None)
