@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine that has only python3:
-#   make demo   create .venv, install binsweep, run the smoke sweep end to end (sweep, leaderboard, promote, predict)
+#   make demo   create .venv, install binsweep, run the demo sweep end to end (sweep, leaderboard, promote, predict)
 #   make test   create .venv, install binsweep with its test extras, run the test suite
 PYTHON ?= python3
 VENV   := .venv

@@ -50,8 +50,8 @@ def version() -> None:
 
 @app.command()
 def demo(
-    sweep: Annotated[Optional[Path], typer.Option(help="Sweep file to run (default: search_spaces/bast_smoke.yaml, "
-                                                  "6 trials of a tiny BAST with ASHA).")] = None,
+    sweep: Annotated[Optional[Path], typer.Option(help="Sweep file to run (default: search_spaces/bast_demo.yaml, "
+                                                  "4 trials of a small BAST with ASHA).")] = None,
     name: opt.SweepNameOpt = None,
     clips: Annotated[int, typer.Option(help="Held-out test clips to predict at the end, e.g. 4.", min=1)] = 4,
     model_name: opt.ModelNameOpt = None,

@@ -22,7 +22,7 @@ from sweep_platform import paths, tracking
 from sweep_platform.errors import BinsweepError
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SWEEP = REPO / "search_spaces" / "bast_smoke.yaml"
+DEFAULT_SWEEP = REPO / "search_spaces" / "bast_demo.yaml"
 
 
 class DemoDataError(BinsweepError, ValueError):

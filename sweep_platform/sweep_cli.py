@@ -51,8 +51,8 @@ def resume(
 ) -> None:
     """Continue a sweep whose driver died or was stopped with Ctrl-C.
 
-    Finished trials are kept (never rerun); unfinished ones restart from their last checkpoint (their Ray Train run is
-    named after the trial, so Train resumes it) and keep their MLflow runs; the Optuna study goes on with the trials
+    Finished trials are kept (never rerun); unfinished ones restart from their last checkpoint (their checkpoint
+    folder is named after the trial) and keep their MLflow runs; the Optuna study goes on with the trials
     still to run. The ASHA scheduler's state is not saved by Ray Tune: after a resume its rungs start empty, so trials
     that reach a rung again are compared only with those that reach it after the resume. A local Ray cluster that
     died with the old driver is started afresh.

@@ -9,7 +9,7 @@ from sweep_platform.configfile import ConfigError
 from sweep_platform.sweep_file import load_sweep
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-SHIPPED = ["bast_smoke.yaml", "bast_paper_grid.yaml", "bast_tpe.yaml"]
+SHIPPED = ["bast_smoke.yaml", "bast_demo.yaml", "bast_paper_grid.yaml", "bast_tpe.yaml"]
 
 # A valid sweep that the bad cases break one key at a time.
 GOOD = """\

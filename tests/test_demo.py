@@ -1,7 +1,7 @@
 """`binsweep demo` (what `make demo` runs) end to end on a smaller sweep file: a real sweep on embedded Ray, the
 leaderboard, a real promotion in the SQLite registry, predictions of WAV files from the held-out test split, and
 the hints to open MLflow and optuna-dashboard on what was written. It runs test_sweep.py's tiny sweep file (four
-trials of three epochs), so one sweep serves both modules; the full bast_smoke.yaml demo is timed in
+trials of three epochs), so one sweep serves both modules; the full bast_demo.yaml demo is timed in
 bench/README.md."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from test_sweep import demo_run
 pytestmark = pytest.mark.slow
 
 
-def test_the_shipped_smoke_sweep_is_what_make_demo_runs():
+def test_the_shipped_demo_sweep_is_what_make_demo_runs():
     spec = load_sweep(DEFAULT_SWEEP)
-    assert spec.trainable == "bast" and spec.trials >= 6 and spec.scheduler.type == "asha"
+    assert Path(DEFAULT_SWEEP).name == "bast_demo.yaml"
+    assert spec.trainable == "bast" and spec.trials >= 4 and spec.scheduler.type == "asha"
     assert spec.resources.gpus_per_worker == 0 and spec.dataset_build is not None
     assert "demo" in Path(DEFAULT_SWEEP).parents[1].joinpath("Makefile").read_text()
 

@@ -151,9 +151,10 @@ def _binsweep(*args: str, env: dict, cwd: Path, timeout: float) -> subprocess.Co
 
 
 def _smoke_sweep() -> dict:
-    """The shipped smoke sweep, cut to two trials of two epochs so the suite stays short."""
+    """The shipped smoke sweep, cut to two trials of two epochs so the suite stays short; a trial that ASHA stops is
+    scored too (evaluate_stopped: a Ray task on the cluster, beside the completed trial's own evaluation)."""
     data = yaml.safe_load((REPO / "search_spaces" / "bast_smoke.yaml").read_text())
-    data.update(name="e2e_smoke", dataset="data/e2e_loc", trials=2, concurrency=2,
+    data.update(name="e2e_smoke", dataset="data/e2e_loc", trials=2, concurrency=2, evaluate_stopped=True,
                 scheduler={"type": "asha", "grace_epochs": 1, "max_epochs": 2, "reduction_factor": 2})
     data["base"]["train"]["epochs"] = 2
     return data

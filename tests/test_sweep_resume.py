@@ -32,16 +32,17 @@ from sweep_platform.trial import SweepContext
 DATASET_BUILD = {"generated_sounds": 24, "azimuths": list(range(0, 360, 30)), "environments": ["anechoic"],
                  "test_fraction": 0.25, "shard_rows": 64, "seed": 1}
 EPOCHS = 4
+LONG_EPOCHS = 10  # the killed-driver test: long enough to catch a trial part-way (trials take seconds now)
 
 
-def sweep_data() -> dict:
+def sweep_data(epochs: int = EPOCHS) -> dict:
     return {
         "name": "resumable", "trainable": "bast", "dataset": "data/sweep_loc", "dataset_build": DATASET_BUILD,
         "metric": "val_ad_deg", "scheduler": {"type": "none"}, "concurrency": 2,
         "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "sampler": {"type": "grid"},
         "base": {"model": {"preset": "bast_tiny", "embed_dim": 32, "mlp_dim": 64, "layers_left": 1,
                            "layers_right": 1, "layers_center": 1},
-                 "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 1.0e-3, "precision": "fp32"}},
+                 "train": {"epochs": epochs, "batch_size": 16, "lr": 1.0e-3, "precision": "fp32"}},
         "space": {"model.integration": {"choice": ["sub", "add", "concat"]}},
     }
 
@@ -135,6 +136,25 @@ def test_a_restore_that_lags_behind_mlflow_finds_the_run_by_its_tags(ctx):
     assert stale["trials"]["bbbb_00001"]["run_id"] == run.info.run_id
 
 
+def test_the_driver_starts_no_evaluation_for_trials_that_evaluate_themselves(ctx):
+    """A completed single-worker trial scored itself; an ASHA-stopped one gets nothing unless evaluate_stopped."""
+    cb = pickle.loads(pickle.dumps(MlflowSweepCallback(ctx, evaluate=True)))
+    cb.setup()
+    done, cut = FakeTrial("dddd_00000", {"model.integration": "sub"}), FakeTrial("dddd_00001", {"model.integration": "add"})
+    for t, epochs in ((done, EPOCHS), (cut, 2)):
+        cb.on_trial_start(0, [done, cut], t)
+        for e in range(1, epochs + 1):
+            cb.on_trial_result(0, [done, cut], t, result(e))
+        t.last_result = result(epochs)
+        cb.on_trial_complete(0, [done, cut], t)
+    assert cb._rt["evaluations"] == {}  # no Ray task, nothing queued on the driver
+    cb.on_experiment_end([done, cut])
+    runs = {r.data.tags["binsweep.trial_id"]: r for r in children(ctx.parent_run_id)}
+    assert runs["dddd_00000"].data.tags["binsweep.state"] == "completed"
+    assert runs["dddd_00001"].data.tags["binsweep.state"] == "stopped"
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+
 def test_a_failed_trial_gets_its_error_and_the_sweep_its_summary(ctx, tmp_path):
     ok = FakeTrial("cccc_00000", {"model.integration": "sub"})
     bad = FakeTrial("cccc_00001", {"model.integration": "add"})
@@ -188,13 +208,15 @@ def _parent(name: str):
 def test_resume_after_the_driver_is_killed(tmp_path):
     name = "killed-sweep"
     path = tmp_path / "resumable.yaml"
-    path.write_text(yaml.safe_dump(sweep_data(), sort_keys=False))
+    path.write_text(yaml.safe_dump(sweep_data(LONG_EPOCHS), sort_keys=False))
     exp_dir = Path(ray_runtime.storage_path()) / name
     log1 = tmp_path / "first.log"
     cmd = [sys.executable, "-m", "sweep_platform"]
+    # Tune saves its experiment state every second here (default: adaptive, ~10 s), so the state this test watches
+    # lags little behind trials that now take seconds
     with open(log1, "w") as out:
         driver = subprocess.Popen([*cmd, "sweep", str(path), "--name", name], stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     # Kill once Tune's saved state has all three trials and one finished, and another is part-way (MLflow is live;
     # Tune's saved state can lag ~10 s behind, so it would not tell whether a trial is really part-way).
     deadline, states, finished, midway = time.time() + 240, [], [], []
@@ -205,11 +227,11 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             if len(states) == 3 and finished:
                 midway = [r.data.tags["binsweep.trial_id"] for r in children(_parent(name).info.run_id)
                           if r.data.tags.get("binsweep.state") == "running"
-                          and 1 <= r.data.metrics.get("epoch", 0) < EPOCHS]
+                          and 1 <= r.data.metrics.get("epoch", 0) < LONG_EPOCHS]
                 if midway:
                     break
             assert driver.poll() is None, log1.read_text()
-            time.sleep(0.5)
+            time.sleep(0.25)
         else:
             pytest.fail(f"no finished + part-way trial within 240 s: {states}\n{log1.read_text()}")
     finally:
@@ -219,14 +241,14 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     before = {r.data.tags["binsweep.trial_id"]: (r.info.run_id, epochs_of(r.info.run_id))
               for r in children(parent.info.run_id)}
     for tid in finished:
-        assert before[tid][1] == list(range(1, EPOCHS + 1))
+        assert before[tid][1] == list(range(1, LONG_EPOCHS + 1))
 
     res = subprocess.run([*cmd, "resume", name], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     runs = {r.data.tags["binsweep.trial_id"]: r for r in children(parent.info.run_id)}
     assert len(runs) == 3  # one child run per trial: none duplicated
     for tid, run in runs.items():
-        assert epochs_of(run.info.run_id) == list(range(1, EPOCHS + 1)), tid  # every epoch exactly once
+        assert epochs_of(run.info.run_id) == list(range(1, LONG_EPOCHS + 1)), tid  # every epoch exactly once
         assert run.data.tags["binsweep.state"] == "completed" and "test_ad_deg" in run.data.metrics
     for tid in finished:  # finished trials were not rerun: same run, untouched, no restart, not started again
         assert runs[tid].info.run_id == before[tid][0]
@@ -267,7 +289,8 @@ def test_a_trial_whose_process_dies_goes_on_from_its_last_checkpoint(tmp_path):
                Path(ray_runtime.storage_path(), name, tid, "result.json").read_text().splitlines()]
     # the first process reported epochs 1 and 2; the retried one (a new pid, Tune's iterations from 1 again) went on
     # from the epoch-2 checkpoint instead of training from scratch
-    assert [(r["epoch"], r["training_iteration"]) for r in results] == [(1, 1), (2, 2), (3, 1), (4, 2)]
+    assert [(r["epoch"], r["training_iteration"]) for r in results] == [(1, 1), (2, 2)] + [
+        (e, e - 2) for e in range(3, EPOCHS + 1)]
     assert results[0]["pid"] == results[1]["pid"] != results[2]["pid"] == results[3]["pid"]
     (trial,) = optuna.load_study(study_name=name, storage=optuna_storage()).trials
     assert trial.state.name == "COMPLETE"
