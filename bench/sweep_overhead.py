@@ -1,13 +1,14 @@
 """What a sweep costs on top of the training it runs: the same N small BAST trainings through `binsweep sweep`
-(Ray Tune + Optuna + a TorchTrainer per trial + MLflow parent/child runs + test evaluation and model logging per
-trial) and in a plain sequential PyTorch loop in this process.
+(Ray Tune + Optuna + each single-worker trial in its own, reused, Tune actor + MLflow parent/child runs + test
+evaluation and model logging in each trial) and in a plain sequential PyTorch loop in this process.
 
     python bench/sweep_overhead.py                     # 4 trials x 2 epochs, bast_tiny, one trial at a time
     python bench/sweep_overhead.py --trials 6 --concurrency 2
 
 The trials differ only in their seed (a grid over train.seed), so both sides do the same work. Prints the wall
-times, their ratio, and the per-trial start-up seconds (trial start to the first epoch's start: Tune actor, Train
-controller, worker group, process group, data; the `startup_s` metric of each MLflow child run). Figures only.
+times, their ratio, and the per-trial start-up seconds (trial start to the first epoch's start: Tune actor start or
+reuse, imports, model and data set-up; the `startup_s` metric of each MLflow child run), the
+per-trial evaluation (`eval_s`) and what the sweep spends outside its trials. Figures only.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def main() -> None:
     if walls:
         print(f"per-trial wall in the sweep: mean {statistics.mean(walls):5.1f} s (plain "
               f"{plain_s / args.trials:5.1f} s)")
+        if args.concurrency == 1:
+            print(f"outside the trials    : {sweep_s - sum(walls):5.1f} s (Ray start, MLflow store and parent run, "
+                  "Tune set-up and teardown, leaderboard)")
     if evals:
         print(f"per-trial evaluation  : mean {statistics.mean(evals):5.1f} s (test split, plots, model logging; "
               "in the trial)")
