@@ -9,7 +9,7 @@ values as if they were final. Here, in Optuna's own semantics:
 - a trial stopped before its last epoch is told as PRUNED (Optuna keeps its intermediate values; TPE treats pruned
   trials as such);
 - a trial that ran all its epochs is told as COMPLETE with its best value (the epoch whose checkpoint is evaluated),
-  for every objective at that epoch;
+  for every objective at that epoch; epochs that only its checkpoints know (a resumed trial) count too;
 - a trial that failed is told as FAIL.
 """
 
@@ -50,7 +50,7 @@ class SweepSearch(OptunaSearch):
         super().__init__(space=_Space(spec), metric=spec.metrics if multi else spec.metric,
                          mode=spec.modes if multi else spec.mode, sampler=make_sampler(spec),
                          storage=storage.optuna_rdb(), study_name=study_name)
-        self._sweep = spec
+        self._sweep, self._sweep_name = spec, study_name  # the study is named after the sweep
         self._configs: dict[str, dict] = {}
         self._best: dict[str, dict] = {}  # trial id -> the result of its best epoch so far
         self._last_epoch: dict[str, int] = {}
@@ -94,6 +94,13 @@ class SweepSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         if result and not error:  # a result that made the scheduler stop the trial reaches only this method
             self.on_trial_result(trial_id, result)
+        if not error:
+            # epochs whose checkpoint was saved but whose result never reached Tune (the driver died in between and
+            # the resumed trial went on after them): the history the loop keeps in every checkpoint has them
+            constants = self._best.get(trial_id) or result or {}  # e.g. params_m, which checkpoints do not keep
+            for epoch, (metrics, _) in sorted(storage.trial_history(self._sweep_name, trial_id).items()):
+                if epoch > self._last_epoch.get(trial_id, 0):
+                    self.on_trial_result(trial_id, {**constants, **metrics, "epoch": epoch})
         last = self._last_epoch.get(trial_id, 0)
         best = self._best.get(trial_id)
         config = self._configs.get(trial_id)

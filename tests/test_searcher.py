@@ -71,3 +71,22 @@ def test_the_searcher_survives_a_save_and_restore(tmp_path):
     again.on_trial_complete("t1", {"epoch": 4, "val_ad_deg": 24.0})
     (t,) = optuna.load_study(study_name="saved", storage=optuna_storage()).trials
     assert t.state.name == "COMPLETE" and t.value == 22.0 and sorted(t.intermediate_values) == [1, 2, 3, 4]
+
+
+def test_epochs_known_only_to_the_checkpoints_count(tmp_path):
+    """A resumed trial whose last epochs were checkpointed but never reported (the driver died in between) ran all
+    its epochs: it is COMPLETE, with the best value among all of them, not PRUNED at its last reported epoch."""
+    from sweep_platform import storage
+    from trainables.loop import CheckpointData
+
+    history = [{"epoch": e, "val_ad_deg": v} for e, v in ((1, 40.0), (2, 30.0), (3, 20.0), (4, 18.0))]
+    cp = CheckpointData({"epoch": 4}, {"trainable": "bast", "config": {}, "epoch": 4, "metrics": history[-1],
+                                       "history": history})
+    search = SweepSearch(spec("resumed"), "resumed")
+    search.suggest("r1")
+    storage.write_checkpoint(cp, "resumed", "r1")
+    for r in history[:2]:
+        search.on_trial_result("r1", {**r, "params_m": 0.1})
+    search.on_trial_complete("r1", None)  # restarted after its last checkpoint: nothing more was reported
+    (t,) = optuna.load_study(study_name="resumed", storage=optuna_storage()).trials
+    assert t.state.name == "COMPLETE" and t.value == 18.0 and sorted(t.intermediate_values) == [1, 2, 3, 4]

@@ -126,8 +126,14 @@ def test_bad_yaml_exits_2_naming_the_file_and_creates_nothing(tmp_path):
     wrong = write(tmp_path, "wrong_key.yaml", {**sweep_file(tmp_path), "trials": 2, "schedulr": {"type": "none"}})
     res = runner.invoke(app, ["sweep", str(wrong), "--name", "never-wrong"])
     assert res.exit_code == 2 and "wrong_key.yaml" in res.output and "schedulr" in res.output, res.output
+    res = runner.invoke(app, ["sweep", str(write(tmp_path, "ok.yaml", sweep_file(tmp_path))), "--name", "never-conc",
+                              "--concurrency", "0"])
+    assert res.exit_code == 2 and "--concurrency" in res.output, res.output
+    late = write(tmp_path, "late.yaml", {**sweep_file(tmp_path), "max_failures": -1, "evaluate_stopped": "often"})
+    res = runner.invoke(app, ["sweep", str(late), "--name", "never-late"])
+    assert res.exit_code == 2 and "max_failures" in res.output and "evaluate_stopped" in res.output, res.output
     assert all_runs() == before
-    for name in ("never-bad", "never-wrong"):
+    for name in ("never-bad", "never-wrong", "never-conc", "never-late"):
         assert not (Path(ray_runtime.storage_path()) / name).exists()
 
 

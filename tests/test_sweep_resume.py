@@ -261,7 +261,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     again = tracking.client().get_run(parent.info.run_id)
     assert again.info.status == "FINISHED" and again.data.tags["binsweep.state"] == "finished"
     study = optuna.load_study(study_name=name, storage=optuna_storage())
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials), [
+        (t.number, t.state.name, t.values, sorted(t.intermediate_values)) for t in study.trials]
 
 
 # ------------------------------------------------------------------------------- a real killed trial process
