@@ -41,10 +41,6 @@ _NOT_EPOCH = set(AUTO_RESULT_KEYS) | names.TRIAL_METRICS | {"done", "trial_id", 
                                                        "should_checkpoint"}
 
 
-def _better(a: float, b: float | None, mode: str) -> bool:
-    return b is None or (a < b if mode == "min" else a > b)
-
-
 # ---------------------------------------------------------------------------------------------------- parent run
 
 
@@ -207,7 +203,8 @@ class MlflowSweepCallback(Callback):
         value = metrics.get(spec.metric)
         with self._rt["lock"]:
             rec["last_epoch"] = max(rec["last_epoch"], epoch)
-            if tracking.is_number(value) and checkpoint_path and _better(value, (rec["best"] or [None])[0], spec.mode):
+            best = (rec["best"] or [None])[0]
+            if tracking.is_number(value) and checkpoint_path and tracking.better(value, best, spec.mode):
                 rec["best"] = [float(value), epoch, checkpoint_path]
 
     def _backfill(self, tid: str, rec: dict, before: float = math.inf) -> None:

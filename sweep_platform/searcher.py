@@ -80,8 +80,7 @@ class SweepSearch(OptunaSearch):
         value = self._first(result)
         if tracking.is_number(value):
             best = self._best.get(trial_id)
-            mode = self._sweep.modes[0]
-            if best is None or (value < self._first(best) if mode == "min" else value > self._first(best)):
+            if tracking.better(value, self._first(best) if best else None, self._sweep.modes[0]):
                 self._best[trial_id] = dict(result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -122,6 +122,11 @@ def run_dir(sweep_name: str, trial_id: str) -> str:
     return f"{ray_runtime.storage_path().rstrip('/')}/{train_run_name(sweep_name, trial_id)}"
 
 
+def checkpoint_path(sweep_name: str, trial_id: str, epoch: int) -> str:
+    """Where a single-worker trial's checkpoint of `epoch` goes (a path, or a URI on object storage)."""
+    return f"{run_dir(sweep_name, trial_id)}/checkpoint_{epoch:06d}"
+
+
 def write_checkpoint(checkpoint, sweep_name: str, trial_id: str) -> str:
     """Persist a `trainables.loop.CheckpointData` as <run dir>/checkpoint_<epoch>; returns its path.
 
@@ -133,8 +138,7 @@ def write_checkpoint(checkpoint, sweep_name: str, trial_id: str) -> str:
 
     import pyarrow.fs
 
-    target = f"{run_dir(sweep_name, trial_id)}/checkpoint_{checkpoint.epoch:06d}"
-    fs, path = filesystem(target)
+    fs, path = filesystem(checkpoint_path(sweep_name, trial_id, checkpoint.epoch))
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=Path(path).parent))
@@ -167,8 +171,7 @@ def _checkpoint_configs(sweep_name: str, trial_id: str) -> list[tuple[int, str, 
 
     from trainables.loop import CONFIG_FILE
 
-    fs, root = filesystem(ray_runtime.storage_path())
-    folder = f"{root}/{train_run_name(sweep_name, trial_id)}"
+    fs, folder = filesystem(run_dir(sweep_name, trial_id))
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
     except OSError:

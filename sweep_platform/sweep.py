@@ -49,6 +49,10 @@ class SweepNameError(BinsweepError, ValueError):
     """A sweep name that cannot name a folder, a study and a run."""
 
 
+class SweepOptionError(BinsweepError, ValueError):
+    """A command-line override of the sweep file that is not allowed."""
+
+
 def default_name(spec: SweepSpec) -> str:
     """The file's name plus a short timestamp, e.g. bast_smoke-1122-153012."""
     return f"{spec.name}-{time.strftime('%m%d-%H%M%S')}"
@@ -196,7 +200,7 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     spec = load_sweep(path)  # every problem at once, before anything is created
     if concurrency is not None:
         if concurrency < 1:
-            raise SweepNameError(f"--concurrency {concurrency}: allowed a positive integer")
+            raise SweepOptionError(f"--concurrency {concurrency}: allowed a positive integer")
         spec = spec.model_copy(update={"concurrency": concurrency})
     if max_failures is not None:
         spec = spec.model_copy(update={"max_failures": max_failures})

@@ -25,8 +25,8 @@ def sweep(
     """Run a sweep: Optuna proposes each trial, ASHA stops the poor ones, every trial is an MLflow child run.
 
     Each trial trains on its own Ray resources (local Ray, or the cluster in RAY_ADDRESS; Ray Train's worker group
-    when it has several workers) and scores its best checkpoint on the test split. Failed trials (e.g. a NaN loss) are recorded with their error while the others go on; the
-    command exits 0 when at least one trial succeeded. Ctrl-C stops cleanly: continue with `binsweep resume NAME`.
+    when it has several workers) and scores its best checkpoint on the test split. Failed trials (e.g. a NaN loss)
+    are recorded with their error while the others go on; the command exits 0 when at least one trial succeeded. Ctrl-C stops cleanly: continue with `binsweep resume NAME`.
     With --format json the final leaderboard goes to stdout as JSON and everything else to stderr.
 
     Example: binsweep sweep search_spaces/bast_smoke.yaml --name smoke1

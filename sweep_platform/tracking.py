@@ -95,6 +95,11 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def better(a: float, b: float | None, mode: str) -> bool:
+    """Whether metric value `a` beats `b` (None: nothing yet) in `mode` ("min" or "max")."""
+    return b is None or (a < b if mode == "min" else a > b)
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, delay_s: float = 0.5) -> T | None:
     """Tracking must never kill training: retry with backoff, then log and give up."""
     for i in range(attempts):

@@ -42,7 +42,7 @@ def best_checkpoint(sweep_name: str, trial_id: str, metric: str, mode: str) -> t
     best = None
     for epoch, path, metrics in storage.trial_checkpoints(sweep_name, trial_id):
         v = metrics.get(metric)
-        if tracking.is_number(v) and (best is None or (v < best[0] if mode == "min" else v > best[0])):
+        if tracking.is_number(v) and tracking.better(v, best[0] if best else None, mode):
             best = (v, path, epoch)
     return (best[1], best[2]) if best else None
 

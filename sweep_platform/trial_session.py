@@ -71,7 +71,7 @@ class TrialSession:
         self._wait()  # one checkpoint in flight at most: a slow store slows training rather than filling memory
         path = None
         if checkpoint is not None:
-            path = f"{storage.run_dir(self.sweep_name, self.trial_id)}/checkpoint_{checkpoint.epoch:06d}"
+            path = storage.checkpoint_path(self.sweep_name, self.trial_id, checkpoint.epoch)
             self._pending = self._pool.submit(self._persist, checkpoint)
         if int(metrics.get("epoch", 0)) >= self.final_epoch and self.before_final_report is not None:
             self._wait()  # the evaluation needs every checkpoint on storage
