@@ -85,19 +85,23 @@ def config_from_params(spec: TrainableSpec, params: dict[str, str]) -> BaseModel
         return spec.config_type.model_validate({"data": nested["data"]})
 
 
-def data_root(params: dict[str, str]) -> Path | None:
-    """The dataset folder a run's `data.root` param names, on this machine (relative to BINSWEEP_HOME)."""
-    from trainables.home import resolve
+def data_root(params: dict[str, str]) -> Path | str | None:
+    """The dataset a run's `data.root` param names: a URI as logged, or a folder on this machine (relative to
+    BINSWEEP_HOME)."""
+    from trainables.datastore import normalize
 
     root = params.get("data.root")
-    return resolve(root) if root else None
+    return normalize(root) if root else None
 
 
-def manifest_fingerprint(root: Path | None) -> str | None:
+def manifest_fingerprint(root: Path | str | None) -> str | None:
+    """The fingerprint of the dataset in a folder or at a URI; None when there is none to read."""
+    from trainables import datastore
+
     if root is None:
         return None
     try:
-        return json.loads((root / "manifest.json").read_text())["fingerprint"]
+        return json.loads(datastore.read_text(datastore.join(root, datastore.MANIFEST)))["fingerprint"]
     except (OSError, KeyError, ValueError):
         return None
 

@@ -68,7 +68,8 @@ class _Checker:
             if not isinstance(field, _Field):
                 self.err("dataset", f"trainable {spec.trainable!r} has no data.root in its config to put it in")
             elif spec.dataset is None:
-                self.err("dataset_build", "needs dataset: the folder to build into, e.g. dataset: data/loc_smoke")
+                self.err("dataset_build", "needs dataset: the folder or URI to build into, e.g. dataset: "
+                         "data/loc_smoke or dataset: s3://bucket/loc_smoke")
         if spec.dataset_build is not None:
             self._check_dataset_build()
         if spec.dataset is not None and isinstance(base.get("data"), dict) and "root" in base["data"] \

@@ -166,8 +166,10 @@ class SweepSpec(_Strict):
 
     name: str
     trainable: str
-    dataset: str | None = Field(None, description="dataset folder (manifest.json) relative to BINSWEEP_HOME")
-    dataset_build: dict[str, Any] | None = Field(None, description="options to build the dataset when missing")
+    dataset: str | None = Field(None, description="dataset folder (manifest.json) relative to BINSWEEP_HOME, or a "
+                                "URI such as s3://bucket/prefix that every node of a cluster reads")
+    dataset_build: dict[str, Any] | None = Field(None, description="options to build the dataset when missing (at a "
+                                                 "URI: built here, then published there)")
     metric: str | None = None
     mode: Literal["min", "max"] | None = None
     objectives: list[Objective] | None = None

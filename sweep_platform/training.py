@@ -8,6 +8,7 @@ test split on the driver and the evaluation, its plots and the model go to the s
 from __future__ import annotations
 
 import math
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pydantic import BaseModel
 from sweep_platform import names, paths, ray_runtime, tracking
 from sweep_platform.errors import RUN_ERROR, BinsweepError
 from sweep_platform.model_store import load_checkpoint
+from trainables import datastore
 from trainables.registry import TrainableSpec, get_trainable
 
 
 class DatasetNotFoundError(BinsweepError, FileNotFoundError):
-    """A config's data.root holds no dataset on this machine."""
+    """A config's data.root holds no dataset that this node can see."""
 
 
 class TrainingFailed(BinsweepError, RuntimeError):
@@ -76,17 +78,35 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def resolve_data_root(spec: TrainableSpec, config: BaseModel) -> BaseModel:
-    """Workers may run elsewhere: a relative data.root becomes absolute under this machine's BINSWEEP_HOME."""
+    """data.root as this node sees it, checked for its manifest: a URI (s3://bucket/prefix) stays a URI; a relative
+    folder becomes absolute under THIS node's BINSWEEP_HOME. Called on the driver and again in every trial, on the
+    node that runs it."""
     data = getattr(config, "data", None)
-    if data is None or Path(data.root).is_absolute():
+    if data is None or not getattr(data, "root", None):
         return config
-    root = paths.resolve(data.root)
-    if not (root / "manifest.json").is_file():
-        builder = spec.dataset_builder
-        how = f"; build one with `{builder.command} --out {data.root}`" if builder else ""
-        raise DatasetNotFoundError(f"data.root {data.root}: no {spec.name} dataset at {root} (manifest.json "
-                                   f"missing){how}")
+    root = datastore.normalize(data.root)
+    try:
+        found = datastore.is_file(datastore.join(root, datastore.MANIFEST))
+    except OSError as exc:  # a URI this node cannot reach: no credentials, unknown bucket, no network
+        raise DatasetNotFoundError(f"data.root {data.root}: cannot read {root} from node {socket.gethostname()}: "
+                                   f"{exc}") from None
+    if not found:
+        raise DatasetNotFoundError(_not_found_here(spec, data.root, root))
     return config.model_copy(update={"data": data.model_copy(update={"root": str(root)})})
+
+
+def _not_found_here(spec: TrainableSpec, given: str, root: Path | str) -> str:
+    """What to do about a dataset this node cannot see, on one machine and on a cluster."""
+    builder = spec.dataset_builder
+    command = builder.command if builder else "your dataset builder"
+    if datastore.is_uri(root):
+        return (f"data.root {given}: no {spec.name} dataset at {root} (manifest.json missing: never published there, "
+                f"or its upload was interrupted); build and publish it with `{command} --out {root}`")
+    return (f"data.root {given}: no {spec.name} dataset at {root} (manifest.json missing) on node "
+            f"{socket.gethostname()} (BINSWEEP_HOME={paths.home()}). On a multi-node cluster each node has its own "
+            f"disk, so a dataset built on one node is not seen by trials on the others: build it into object "
+            f"storage with `{command} --out s3://bucket/prefix` and set the sweep file's `dataset:` (or data.root) "
+            f"to that URI. On a single machine: `{command} --out {given}`.")
 
 
 @dataclass(frozen=True)
@@ -184,12 +204,14 @@ def _find_or_create_run(spec: TrainableSpec, config: BaseModel, name: str, exper
 
 
 def dataset_fingerprint(config: BaseModel) -> str:
+    """The fingerprint in the manifest of the config's dataset (a folder or a URI), or "unknown"."""
     import json
 
     data = getattr(config, "data", None)
     try:
-        return json.loads((Path(data.root) / "manifest.json").read_text())["fingerprint"]
-    except (AttributeError, OSError, KeyError, ValueError):
+        return json.loads(datastore.read_text(datastore.join(datastore.normalize(data.root), datastore.MANIFEST))
+                          )["fingerprint"]
+    except (AttributeError, TypeError, OSError, KeyError, ValueError):
         return "unknown"
 
 

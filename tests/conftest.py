@@ -22,3 +22,23 @@ os.environ["BINSWEEP_HOME"] = _HOME
 def _cleanup_home():
     yield
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server for the session (tests/s3_server.py); tests pick their own prefixes in its bucket."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    server.create_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """This process's AWS variables point at the session's S3 server for the test; yields the server."""
+    from s3_server import s3_environment
+
+    with s3_environment(s3_server):
+        yield s3_server

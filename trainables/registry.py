@@ -52,22 +52,33 @@ def load_object(target: str) -> Any:
 
 @dataclass(frozen=True)
 class DatasetBuilder:
-    """How a sweep file's `dataset_build` section becomes a dataset folder (manifest.json + shards).
+    """How a sweep file's `dataset_build` section becomes a dataset (manifest.json + shards) in a folder or at a URI.
 
     Named as "module:attribute" strings: a builder pulls in numpy, scipy and pyarrow, which listing trainables or
     `binsweep --help` should not pay for."""
 
     config: str  # the section's pydantic schema, e.g. "trainables.localization.builder:LocalizationBuildConfig"
     builder: str  # (config, out_dir: Path, progress=None) -> manifest, e.g. "trainables.localization.builder:build"
+    #               it writes a local folder; `build` stages and publishes a dataset meant for a URI
     command: str  # the CLI that builds one by hand, for messages, e.g. "binsweep data localization"
 
     @property
     def config_type(self) -> type[BaseModel]:
         return load_object(self.config)
 
-    def build(self, config: BaseModel, out_dir: Path, progress: Callable[[int, int], None] | None = None) -> Any:
+    def build(self, config: BaseModel, out_dir: Path | str, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Build into a folder, or for a URI (s3://bucket/prefix) into a staging folder under the home's cache that
+        is then published there, manifest last (`trainables.datastore`)."""
+        from trainables import datastore
+
         build = load_object(self.builder)
-        return build(config, out_dir) if progress is None else build(config, out_dir, progress=progress)
+
+        def run(out: Path) -> Any:
+            return build(config, out) if progress is None else build(config, out, progress=progress)
+
+        if datastore.is_uri(out_dir):
+            return datastore.build_and_publish(out_dir, run)
+        return run(out_dir)
 
 
 @dataclass(frozen=True)
@@ -144,11 +155,16 @@ class TrainableSpec:
             return self.test_metrics[0]
         return "test_" + self.primary_metric[4:] if self.primary_metric.startswith("val_") else self.primary_metric
 
-    def data_root(self, config: BaseModel) -> Path | None:
-        """The config's data.root, or None for a trainable without a dataset."""
+    def data_root(self, config: BaseModel) -> Path | str | None:
+        """The config's data.root (a folder, or a URI such as s3://bucket/prefix), or None for a trainable without a
+        dataset."""
+        from trainables import datastore
+
         data = getattr(config, "data", None)
         root = getattr(data, "root", None)
-        return Path(root) if root else None
+        if not root:
+            return None
+        return root if datastore.is_uri(root) else Path(root)
 
 
 def register_trainable(spec: TrainableSpec, source: str = "registered at run time") -> TrainableSpec:

@@ -8,7 +8,6 @@ epoch replayed after a restore reads what it read the first time.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -16,9 +15,10 @@ import torch
 
 
 class ShardedSplit(torch.utils.data.IterableDataset):
-    """Base of the readers: `files` is [(shard path, rows this reader keeps from it)], in manifest order."""
+    """Base of the readers: `files` is [(shard path inside the reader's filesystem, rows this reader keeps from it)],
+    in manifest order."""
 
-    def __init__(self, files: list[tuple[Path, int]], *, batch_size: int, rank: int, world_size: int,
+    def __init__(self, files: list[tuple[str, int]], *, batch_size: int, rank: int, world_size: int,
                  shuffle: bool, seed: int, drop_last: bool, where: str):
         super().__init__()
         self.files = [(path, n) for path, n in files if n]
@@ -38,7 +38,7 @@ class ShardedSplit(torch.utils.data.IterableDataset):
         n, b = self.rows_per_worker, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def _my_rows(self) -> Iterator[tuple[Path, slice]]:
+    def _my_rows(self) -> Iterator[tuple[str, slice]]:
         """(shard file, slice of its kept rows) covering this worker's share of the epoch."""
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.files)) if self.shuffle
                  else np.arange(len(self.files)))

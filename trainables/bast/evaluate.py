@@ -300,9 +300,9 @@ def cross_environment_table(rows: dict[str, dict[str, float]]) -> str:
 
 def evaluate_spec(model: torch.nn.Module, config, split: str = "test", *, out_dir=None, device="cpu"):
     """`TrainableSpec.evaluate` of every localizer (BAST, cnn_loc): this module's analysis as an EvalResult."""
-    from trainables.home import resolve
+    from trainables.datastore import normalize
     from trainables.registry import EvalResult
 
-    ev = evaluate(model, resolve(config.data.root), split, out_dir=out_dir, device=device,
+    ev = evaluate(model, normalize(config.data.root), split, out_dir=out_dir, device=device,
                   train_environments=config.data.train_environments, prefix=split)
     return EvalResult(metrics=ev.metrics, files=ev.files, summary=ev.table(), per_sample_error=ev.predictions.error_deg)

@@ -24,7 +24,9 @@ def _manifest_details(manifest) -> str:
 
 
 def data_binaural(
-    out: Annotated[Path, typer.Option(help="Output folder, e.g. data/binaural.")] = Path("data/binaural"),
+    out: Annotated[str, typer.Option(help="Output folder, e.g. data/binaural, or a URI, e.g. s3://bucket/prefix "
+                                     "(built in a local staging folder, then uploaded, manifest last).")]
+    = "data/binaural",
     scenes: Annotated[int, typer.Option(help="Scenes in all (split 80/10/10 by scene), e.g. 1000.", min=3)] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of scenes and splits; the same seed gives the same bytes.")] = 0,
     image_size: Annotated[tuple[int, int], typer.Option(help="Frame and depth-map size H W; match the model's "
@@ -47,7 +49,8 @@ def data_binaural(
     """Generate audio-visual scenes (frame, depth map, KEMAR-rendered binaural audio) into Parquet shards.
 
     1-3 sources per scene inside the camera's field of view, each an object whose shape and colour encode its sound
-    class, placed by azimuth and sized by distance. An interrupted build resumes when run again with the same options.
+    class, placed by azimuth and sized by distance. An interrupted build resumes when run again with the same options;
+    with --out at a URI (s3://bucket/prefix) it is built in a staging folder and uploaded when complete, manifest last.
     """
     from trainables.binaural.data import BinauralBuildConfig, build
     from trainables.binaural.scenes import SceneConfig
@@ -69,7 +72,8 @@ def data_binaural(
 def data_fairplay(
     root: Annotated[Path, typer.Argument(help="FAIR-Play root: binaural_audios/, frames/<id>.mp4/%06d.png (10 fps), "
                                          "splits/splitN/*.h5.")],
-    out: Annotated[Path, typer.Option(help="Output folder, e.g. data/fairplay.")] = Path("data/fairplay"),
+    out: Annotated[str, typer.Option(help="Output folder, e.g. data/fairplay, or a URI, e.g. s3://bucket/prefix.")]
+    = "data/fairplay",
     split: Annotated[int, typer.Option(help="Which splitN.", min=1)] = 1,
     split_set: Annotated[str, typer.Option(help="splits (10 random splits, .h5) or new_splits / five_splits "
                                            "(the 5 non-overlapping splits, .txt).")] = "splits",

@@ -22,6 +22,8 @@ Shards are written atomically (`trainables.localization.shards.write_shard`), so
 build resumes by skipping it. The manifest carries the kind ("binaural"), the schema version, counts per split
 (total, per environment, per number of sources), the sample rate, the image size, whether depth maps exist, each
 shard's row count and sha256, and a fingerprint over all of them: two datasets with one fingerprint hold the same bytes.
+Datasets are built locally and read from a folder or a URI (s3://bucket/prefix, `trainables.datastore`); a build
+with `out` at a URI is staged under the home's cache and published there, manifest last.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainables import datastore
 from trainables.binaural.scenes import Environment, SceneConfig
 from trainables.localization.shards import file_sha256, to_storage, write_shard
 from trainables.sharding import ShardedSplit
@@ -158,7 +161,7 @@ def clips_of(table: pa.Table, image_size: tuple[int, int]) -> list[Clip]:
 
 @dataclass(frozen=True)
 class Manifest:
-    root: Path
+    root: Path | str  # the local folder, or the URI the dataset was read from (trainables.datastore)
     data: dict
 
     @property
@@ -187,20 +190,23 @@ class Manifest:
             raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
         return [s for s in self.data["shards"] if s["split"] == split]
 
-    def shards(self, split: str) -> list[Path]:
-        return [self.root / s["file"] for s in self.entries(split)]
+    def shards(self, split: str) -> list[Path | str]:
+        """The split's shard files: Paths in a local folder, URIs at a URI."""
+        return [datastore.join(self.root, s["file"]) for s in self.entries(split)]
 
     def count(self, split: str) -> int:
         return int(self.data["counts"].get(split, {}).get("total", 0))
 
 
 def load_manifest(root: str | Path) -> Manifest:
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build a dataset first (binsweep data binaural --out {root}, "
-                                f"or binsweep data fairplay FAIRPLAY_ROOT --out {root})")
-    data = json.loads(path.read_text())
+    """The manifest of the dataset at `root`: a local folder as given, or a URI."""
+    root = root.rstrip("/") if datastore.is_uri(root) else Path(root)
+    path = datastore.join(root, MANIFEST)
+    try:
+        data = json.loads(datastore.read_text(path))
+    except FileNotFoundError:
+        raise datastore.missing_manifest(root, f"binsweep data binaural --out {root}, or binsweep data fairplay "
+                                         f"FAIRPLAY_ROOT --out {root}") from None
     if data.get("kind") != KIND:
         raise ValueError(f"{root} is not a binauralization dataset (manifest kind {data.get('kind')!r}, expected "
                          f"{KIND!r}); build one with `binsweep data binaural --out {root}`")
@@ -266,8 +272,9 @@ def iter_clips(root: str | Path, split: str, limit: int | None = None) -> Iterat
     if not files:
         raise ValueError(f"{manifest.root}: the dataset has no {split!r} clips")
     seen = 0
-    for f in files:
-        table = pq.read_table(f)
+    fs, base = datastore.filesystem(manifest.root)
+    for e in manifest.entries(split):
+        table = pq.read_table(f"{base}/{e['file']}", filesystem=fs)
         if limit is not None:
             table = table.slice(0, max(0, limit - seen))
         for clip in clips_of(table, manifest.image_size):
@@ -350,9 +357,13 @@ def plan(cfg: BinauralBuildConfig) -> list[tuple[str, list[int]]]:
 
 def build(cfg: BinauralBuildConfig, out: str | Path,
           progress: Callable[[int, int], None] = lambda done, total: None) -> Manifest:
-    """Build (or resume building) generated scenes in `out`; returns the manifest. Same config, same bytes."""
+    """Build (or resume building) generated scenes in `out`, a folder or a URI; returns the manifest. Same config, same
+    bytes."""
     from trainables.binaural.scenes import Renderer, make_scene
 
+    if datastore.is_uri(out):
+        return datastore.build_and_publish(out, lambda folder: build(cfg, folder, progress), digest=cfg.digest(),
+                                           load=load_manifest)
     out = Path(out)
     check_build_state(out, cfg.digest(), json.loads(cfg.model_dump_json()))
     work = plan(cfg)
@@ -419,7 +430,8 @@ class BinauralReader(ShardedSplit):
         if shortest < window:
             raise ValueError(f"{self.manifest.root}: {split} clips are {shortest} samples long, shorter than the "
                              f"model's window of {window} (model.clip_seconds)")
-        files = [(self.manifest.root / e["file"],
+        self.fs, base = datastore.filesystem(self.manifest.root)  # opened once; shards are paths inside it
+        files = [(f"{base}/{e['file']}",
                   e["rows"] if self.keep is None else sum(n for k, n in e["by_environment"].items() if k in self.keep))
                  for e in self.manifest.entries(split)]
         super().__init__(files, batch_size=batch_size, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
@@ -462,7 +474,7 @@ class BinauralReader(ShardedSplit):
         parts: list[dict[str, np.ndarray]] = []
         buffered = 0
         for path, part in self._my_rows():
-            table = pq.read_table(path, columns=columns)
+            table = pq.read_table(path, columns=columns, filesystem=self.fs)
             kept = (np.arange(table.num_rows) if self.keep is None else
                     np.flatnonzero([e in self.keep for e in table.column("environment").to_pylist()]))
             table = table.take(kept[part])

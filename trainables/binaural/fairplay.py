@@ -41,7 +41,9 @@ from typing import Callable, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainables.binaural.data import (SPLITS, Clip, Manifest, check_build_state, table_of, write_manifest)
+from trainables import datastore
+from trainables.binaural.data import (SPLITS, Clip, Manifest, check_build_state, load_manifest, table_of,
+                                      write_manifest)
 from trainables.localization.shards import write_shard
 
 FPS = 10.0
@@ -218,7 +220,11 @@ def _clips_of_recording(cfg: FairPlayImportConfig, clip_id: str, split: str) -> 
 
 def import_fairplay(cfg: FairPlayImportConfig, out: str | Path,
                     progress: Callable[[int, int], None] = lambda done, total: None) -> Manifest:
-    """Import one split of a FAIR-Play root into `out` (resumable); returns the manifest."""
+    """Import one split of a FAIR-Play root into `out`, a folder or a URI (staged and published); resumable; returns
+    the manifest."""
+    if datastore.is_uri(out):
+        return datastore.build_and_publish(out, lambda folder: import_fairplay(cfg, folder, progress),
+                                           digest=cfg.digest(), load=load_manifest)
     out = Path(out)
     ids = {s: read_split(cfg.root, cfg.split_index, s, cfg.split_set) for s in SPLITS}
     seen: dict[str, str] = {}

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trainables import datastore
 from trainables.binaural.config import BinauralConfig, BinauralModelConfig
 from trainables.binaural.data import BinauralReader, load_manifest
 from trainables.binaural.losses import BinauralLoss
 from trainables.binaural.model import istft, stft
-from trainables.home import resolve
 from trainables.loop import per_worker_batch
 
 DESIRED_RMS = 0.1  # 2.5D normalize()
@@ -39,9 +39,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_DEPTH_M = 0.1  # inverse depth is clipped at 10 1/m
 
 
-def dataset_root(config: BinauralConfig) -> Path:
-    """data.root as given when absolute, else under BINSWEEP_HOME (the driver resolves it before workers start)."""
-    return resolve(config.data.root)
+def dataset_root(config: BinauralConfig) -> Path | str:
+    """data.root: a URI (s3://...) as given, a folder as given when absolute, else under BINSWEEP_HOME (the driver
+    resolves it before workers start)."""
+    return datastore.normalize(config.data.root)
 
 
 def rms_normalize(wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

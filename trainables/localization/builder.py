@@ -7,7 +7,8 @@ sounds (whole recordings) never appear in train or val; train/val is stratified 
 
 The build is planned up front (which row goes to which shard), so an interrupted build resumes by skipping the shards
 already written, and the same config and seed give the same bytes. Beside the shards, `dry/` keeps the dry sounds and
-the BRIR banks for on-the-fly rendering.
+the BRIR banks for on-the-fly rendering. `out` may be a URI (s3://bucket/prefix): the dataset is built in a staging
+folder under the home's cache and published there, manifest last (`trainables.datastore`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Callable, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.signal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainables import datastore
 from trainables.localization import shards, splits
 
 BUILD_STATE = "build.json"
@@ -156,7 +157,10 @@ def _write_dry(out: Path, cfg, clips, ids, sources, rows, banks) -> None:
 
 def build(cfg: LocalizationBuildConfig, out: str | Path,
           progress: Callable[[int, int], None] = lambda done, total: None) -> shards.Manifest:
-    """Build (or resume building) the dataset in `out`; returns its manifest."""
+    """Build (or resume building) the dataset in `out`, a folder or a URI; returns its manifest."""
+    if datastore.is_uri(out):
+        return datastore.build_and_publish(out, lambda folder: build(cfg, folder, progress), digest=cfg.digest(),
+                                           load=shards.load_manifest)
     out = Path(out)
     _check_state(out, cfg)
     clips, ids, sources = load_sounds(cfg)
@@ -191,4 +195,4 @@ def read_split(root: str | Path, split: str) -> pa.Table:
     files = manifest.shards(split)
     if not files:
         raise ValueError(f"{root}: the dataset has no {split!r} rows")
-    return pa.concat_tables(pq.read_table(f) for f in files)
+    return pa.concat_tables(datastore.read_table(f) for f in files)

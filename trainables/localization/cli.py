@@ -16,7 +16,8 @@ from trainables.terminal import console, print_manifest, progress_bar
 
 
 def localization(
-    out: Annotated[Path, typer.Option(help="Output folder, e.g. data/loc.")] = Path("data/loc"),
+    out: Annotated[str, typer.Option(help="Output folder, e.g. data/loc, or a URI, e.g. s3://bucket/prefix (built in "
+                                     "a local staging folder, then uploaded, manifest last).")] = "data/loc",
     sounds: Annotated[Optional[Path], typer.Option(help="Folder of recordings (wav, flac, ogg, mp3; any rate); "
                                                    "default: the generated corpus.")] = None,
     generated_sounds: Annotated[int, typer.Option(help="Generated sounds when no --sounds, e.g. 400.")] = 400,
@@ -34,7 +35,9 @@ def localization(
 ) -> None:
     """Render sounds at every azimuth and environment with measured KEMAR HRIRs into Parquet shards.
 
-    An interrupted build resumes where it stopped when run again with the same options.
+    An interrupted build resumes where it stopped when run again with the same options; with --out at a URI
+    (s3://bucket/prefix, for a multi-node cluster) it is built in a staging folder under BINSWEEP_HOME's cache and
+    uploaded when complete, manifest last.
     """
     from trainables.localization.builder import LocalizationBuildConfig, build
 
@@ -53,7 +56,8 @@ def localization(
 
 def import_nicnn(
     src: Annotated[Path, typer.Argument(help="Folder with train/ and test/ of NI-CNN WAVs.")],
-    out: Annotated[Path, typer.Option(help="Output folder, e.g. data/nicnn.")] = Path("data/nicnn"),
+    out: Annotated[str, typer.Option(help="Output folder, e.g. data/nicnn, or a URI, e.g. s3://bucket/prefix.")]
+    = "data/nicnn",
     val_fraction: Annotated[float, typer.Option(help="Val share of each azimuth x environment cell.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of the train/val split.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any file that breaks the convention.")] = False,

@@ -27,7 +27,8 @@ A file that breaks the convention (unreadable, not WAV, not 16-bit PCM, not 16 k
 samples, or a name without azimuth or with no or both environment tags) is left out and listed in the report with
 every reason; none is dropped silently. With `strict=True` any such file is an error raised before anything is
 written. The import is built in a hidden sibling folder and renamed into place when complete, so `out` holds either
-a whole import or nothing.
+a whole import or nothing. `out` may be a URI (s3://bucket/prefix): the import is made in a staging folder under the
+home's cache and published there, manifest last (`trainables.datastore`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 import soundfile as sf
 
+from trainables import datastore
 from trainables.localization import shards, splits
 
 SAMPLE_RATE = 16000
@@ -291,17 +293,28 @@ def _publish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def import_nicnn(src: Path, out: Path, *, val_fraction: float = 0.25, seed: int = 0, strict: bool = False,
+def import_nicnn(src: Path, out: Path | str, *, val_fraction: float = 0.25, seed: int = 0, strict: bool = False,
                  dtype: str = "int16", shard_rows: int = 4096,
-                 progress: Callable[[int, int], None] | None = None) -> ImportReport:
+                 progress: Callable[[int, int], None] | None = None, _named: str | None = None) -> ImportReport:
     """Import SRC/train and SRC/test into `out` (shards/, manifest.json, import_report.txt).
 
     progress(done, total) counts two steps per WAV file, checking it and writing it; the writing step of a file
     left out counts as done when writing starts.
 
+    `_named` is what the report calls the result (the URI of an import published there).
+
     Raises FileNotFoundError for a missing folder, NICNNImportError for an empty folder, for a folder with no
     conforming file, and (strict=True) for any file that breaks the convention; nothing is written in these cases.
     """
+    if datastore.is_uri(out):  # imported afresh into the staging folder, then published (manifest last)
+        uri = datastore.normalize(out)
+        staging = datastore.staging_dir(uri)
+        shutil.rmtree(staging, ignore_errors=True)
+        report = import_nicnn(src, staging, val_fraction=val_fraction, seed=seed, strict=strict, dtype=dtype,
+                              shard_rows=shard_rows, progress=progress, _named=uri)
+        datastore.publish(staging, uri)
+        shutil.rmtree(staging, ignore_errors=True)
+        return report
     src, out = Path(src), Path(out)
     _check_arguments(out, val_fraction, dtype, shard_rows)
     listed = {folder: _list_folder(src, folder) for folder in FOLDERS}
@@ -340,7 +353,7 @@ def import_nicnn(src: Path, out: Path, *, val_fraction: float = 0.25, seed: int 
                 "import": {"src": str(src), "val_fraction": val_fraction, "seed": seed, "problems": len(problems)}}
         manifest = shards.write_manifest(tmp, entries, info)
         # The report names the final folder, not the temporary one it is written in.
-        report = ImportReport(len(clips), problems, shards.Manifest(out, manifest.data), ignored)
+        report = ImportReport(len(clips), problems, shards.Manifest(_named or out, manifest.data), ignored)
         (tmp / REPORT).write_text(report.format())
         _publish(tmp, out)
     except BaseException:

@@ -8,12 +8,14 @@ All random draws come from one CPU `torch.Generator`, so the same seed gives the
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torchaudio.functional as AF
+
+from trainables import datastore
 
 
 class OnTheFlyRenderer:
@@ -22,15 +24,14 @@ class OnTheFlyRenderer:
     def __init__(self, root: str | Path, device: str | torch.device = "cpu", sounds_split: str = "trainval",
                  gain_db: tuple[float, float] = (-6.0, 6.0), snr_db: float | tuple[float, float] | None = None,
                  n_samples: int | None = None):
-        root = Path(root)
-        dry, brirs = root / "dry" / "sounds.parquet", root / "dry" / "brirs.npz"
+        dry, brirs = datastore.join(root, "dry", "sounds.parquet"), datastore.join(root, "dry", "brirs.npz")
         for f in (dry, brirs):
-            if not f.is_file():
+            if not datastore.is_file(f):
                 raise FileNotFoundError(f"{f} not found: on-the-fly rendering needs a dataset built by "
                                         f"`binsweep data localization`")
         if sounds_split not in ("trainval", "test"):
             raise ValueError(f"sounds_split must be trainval or test, got {sounds_split!r}")
-        table = pq.read_table(dry)
+        table = datastore.read_table(dry)
         keep = np.array(table.column("split").to_pylist()) == sounds_split
         clips = table.column("clip").combine_chunks()
         clips = clips.flatten().to_numpy().reshape(len(clips), clips.type.list_size)[keep]
@@ -38,7 +39,7 @@ class OnTheFlyRenderer:
             raise ValueError(f"{dry} has no {sounds_split} sounds")
         self.device = torch.device(device)
         self.sounds = torch.from_numpy(np.ascontiguousarray(clips)).to(self.device)  # [N, S]
-        bank = np.load(brirs)
+        bank = np.load(io.BytesIO(datastore.read_bytes(brirs)))
         self.azimuths = torch.from_numpy(bank["azimuths"].astype(np.int64))
         self.environments = [str(e) for e in bank["environments"]]
         longest = max(bank[f"brir_{e}"].shape[-1] for e in self.environments)

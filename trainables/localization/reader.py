@@ -3,7 +3,8 @@
 Each of `world_size` workers reads only its own contiguous share of the (epoch-shuffled) shard order, and every
 worker gets the same number of rows, so DDP ranks always run the same number of steps (`trainables.sharding`). Rows
 are shuffled within each shard and shards are shuffled per epoch; the same (seed, epoch) gives the same batches. Spectrograms are not
-computed here: the train loop runs `trainables.audio.BinauralFrontEnd` on the training device.
+computed here: the train loop runs `trainables.audio.BinauralFrontEnd` on the training device. Shards are read
+through the dataset's filesystem (`trainables.datastore`), from a local folder or streamed from a URI (s3://...).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from trainables import datastore
 from trainables.localization import shards
 from trainables.sharding import ShardedSplit
 
@@ -41,8 +43,8 @@ class ShardReader(ShardedSplit):
             raise ValueError(f"{self.manifest.root}: no environment {', '.join(map(repr, unknown))} in the dataset; "
                              f"it has {', '.join(self.environments)}")
         self.keep = None if environments is None else set(environments)
-        entries = [e for e in self.manifest.data["shards"] if e["split"] == split]
-        files = [(path, self._rows_kept(entry)) for path, entry in zip(self.manifest.shards(split), entries)]
+        self.fs, self._base = datastore.filesystem(self.manifest.root)  # opened once; shards are paths inside it
+        files = [(f"{self._base}/{e['file']}", self._rows_kept(e)) for e in self.manifest.entries(split)]
         super().__init__(files, batch_size=batch_size, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
                          drop_last=drop_last, where=f"{self.manifest.root} ({split})")
         if not self.files:
@@ -53,7 +55,8 @@ class ShardReader(ShardedSplit):
         if self.keep is None:
             return entry["rows"]
         if "by_environment" not in entry:  # manifests written before per-shard counts existed
-            envs = pq.read_table(self.manifest.root / entry["file"], columns=["environment"]).column("environment")
+            envs = pq.read_table(f"{self._base}/{entry['file']}", columns=["environment"],
+                                 filesystem=self.fs).column("environment")
             return sum(e in self.keep for e in envs.to_pylist())
         return sum(n for e, n in entry["by_environment"].items() if e in self.keep)
 
@@ -63,7 +66,7 @@ class ShardReader(ShardedSplit):
         waves, az, env = [], [], []
         buffered = 0
         for path, part in self._my_rows():
-            table = pq.read_table(path)
+            table = pq.read_table(path, filesystem=self.fs)
             kept = (np.arange(table.num_rows) if self.keep is None else
                     np.flatnonzero([e in self.keep for e in table.column("environment").to_pylist()]))
             table = table.take(kept[part])

@@ -12,17 +12,18 @@ from typing import Any, Callable
 
 import torch
 
+from trainables import datastore
 from trainables.audio import BinauralFrontEnd
 from trainables.bast.losses import BASTLoss, angle_between
 from trainables.bast.model import azimuth_to_target
-from trainables.home import resolve
 from trainables.localization.reader import ShardReader
 from trainables.loop import per_worker_batch
 
 
-def dataset_root(config: Any) -> Path:
-    """data.root as given when absolute, else under BINSWEEP_HOME (the driver resolves it before workers start)."""
-    return resolve(config.data.root)
+def dataset_root(config: Any) -> Path | str:
+    """data.root: a URI (s3://...) as given, a folder as given when absolute, else under BINSWEEP_HOME (the driver
+    resolves it before workers start)."""
+    return datastore.normalize(config.data.root)
 
 
 class LocalizationRecipe:

@@ -12,6 +12,9 @@ One row is one binaural clip. Columns:
 Shards are written atomically (temporary file, then rename), so a shard that exists is complete; builders resume
 by skipping the shards already present. The manifest carries counts per split, azimuth and environment and a
 fingerprint over the shards' content hashes, so two datasets with the same fingerprint hold the same bytes.
+
+Datasets are written locally and read from a local folder or a URI (`trainables.datastore`: s3://bucket/prefix ...);
+a dataset published to a URI keeps its manifest, so its fingerprint is the one of the same dataset built locally.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from trainables import datastore
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -120,7 +125,7 @@ def read_waves(table: pa.Table) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Manifest:
-    root: Path
+    root: Path | str  # the local folder, or the URI the dataset was read from (trainables.datastore)
     data: dict
 
     @property
@@ -135,21 +140,28 @@ class Manifest:
     def n_samples(self) -> int:
         return int(self.data["n_samples"])
 
-    def shards(self, split: str) -> list[Path]:
+    def entries(self, split: str) -> list[dict]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
-        return [self.root / s["file"] for s in self.data["shards"] if s["split"] == split]
+        return [s for s in self.data["shards"] if s["split"] == split]
+
+    def shards(self, split: str) -> list[Path | str]:
+        """The split's shard files: Paths in a local folder, URIs at a URI."""
+        return [datastore.join(self.root, s["file"]) for s in self.entries(split)]
 
     def count(self, split: str) -> int:
         return int(self.data["counts"].get(split, {}).get("total", 0))
 
 
 def load_manifest(root: str | Path) -> Manifest:
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build a dataset first (binsweep data localization --out {root})")
-    data = json.loads(path.read_text())
+    """The manifest of the dataset at `root`: a local folder as given (relative to the working directory, as
+    always), or a URI."""
+    root = root.rstrip("/") if datastore.is_uri(root) else Path(root)
+    path = datastore.join(root, MANIFEST)
+    try:
+        data = json.loads(datastore.read_text(path))
+    except FileNotFoundError:
+        raise datastore.missing_manifest(root, f"binsweep data localization --out {root}") from None
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
     return Manifest(root, data)
