@@ -55,3 +55,18 @@ ConcurrencyOpt = Annotated[Optional[int], typer.Option(
 MaxFailuresOpt = Annotated[int, typer.Option(
     "--max-failures", min=0, help="Worker failures a Train run recovers from (restarting from its last checkpoint) "
     "before it fails, e.g. 2 on spot instances. A NaN loss fails it whatever this says.")]
+
+# -- binsweep submit: settings sent in the job's environment only when given (the cluster's own apply otherwise)
+JobMlflowUriOpt = Annotated[Optional[str], typer.Option(
+    "--mlflow-uri", metavar="URI", help="MLflow tracking server for the job (MLFLOW_TRACKING_URI), as the cluster's "
+    "nodes reach it, e.g. http://mlflow.internal:5000; no password in it (default: the cluster's own).")]
+JobRayStorageOpt = Annotated[Optional[str], typer.Option(
+    "--ray-storage", metavar="URI", help="Ray storage for Tune state and checkpoints (BINSWEEP_RAY_STORAGE), e.g. "
+    "s3://bucket/ray or a shared path (default: the cluster's own).")]
+JobOptunaStorageOpt = Annotated[Optional[str], typer.Option(
+    "--optuna-storage", metavar="URL", help="Optuna study storage (BINSWEEP_OPTUNA_STORAGE), e.g. "
+    "postgresql://optuna@db/optuna (default: the cluster's own).")]
+JobEnvOpt = Annotated[Optional[list[str]], typer.Option(
+    "--env", metavar="KEY=VALUE", help="Another variable for the job's environment (repeatable), e.g. --env "
+    "OMP_NUM_THREADS=4. Nothing of this shell is sent unless given here or by a flag above; credentials are "
+    "refused.")]

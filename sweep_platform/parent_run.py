@@ -24,14 +24,18 @@ def find(name: str):
 
 def create(name: str, spec: SweepSpec, *, sweep_file: str, concurrency: int, optuna_storage: str,
                       fingerprint: str) -> tuple[str, str]:
-    """(experiment id, run id) of the sweep's new parent run, with its settings, sweep.yaml and space.txt."""
+    """(experiment id, run id) of the sweep's new parent run, with its settings, sweep.yaml and space.txt; run as a
+    Ray job (`binsweep submit`, `ray job submit`), it also names the job's submission id and the dashboard."""
     from mlflow.entities import Param
+
+    from sweep_platform.jobs import running_job
 
     c = tracking.client()
     exp_id = tracking.ensure_experiment(tracking.experiment_name(spec.trainable, spec.experiment))
     run = c.create_run(exp_id, run_name=name, tags={
         names.TAG_ROLE: names.ROLE_SWEEP, names.TAG_SWEEP: name, names.TAG_TRAINABLE: spec.trainable,
-        names.TAG_GIT: tracking.git_sha(), names.TAG_DATASET: fingerprint, names.TAG_STATE: names.RUNNING})
+        names.TAG_GIT: tracking.git_sha(), names.TAG_DATASET: fingerprint, names.TAG_STATE: names.RUNNING,
+        **running_job()})
     run_id = run.info.run_id
     s, r, sch = spec.sampler, spec.resources, spec.scheduler
     params = {

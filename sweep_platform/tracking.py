@@ -113,13 +113,32 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, delay_s: flo
     return None
 
 
-def git_sha() -> str:
+GIT_SHA_VARIABLE = "BINSWEEP_GIT_SHA"  # set by `binsweep submit`: a job's upload has no .git (.rayignore)
+
+
+def git_sha(folder: Path | None = None) -> str:
+    """The code's commit, as recorded on runs: BINSWEEP_GIT_SHA when set (a submitted job), else the checkout this
+    package (or `folder`) lives in, `<sha>-dirty` with uncommitted changes to tracked files, else "unknown"."""
+    return (os.environ.get(GIT_SHA_VARIABLE, "").strip() or checkout_sha(folder or Path(__file__).resolve().parent)
+            or "unknown")
+
+
+def checkout_sha(folder: Path) -> str | None:
+    """`git rev-parse HEAD` of the checkout holding `folder`, plus "-dirty" when tracked files differ from it
+    (untracked files are ignored, as by `git describe --dirty`); None outside a checkout or without git."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=5,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # read only: never lock the index
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        head = git("rev-parse", "--verify", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    dirty = status.returncode != 0 or bool(status.stdout.strip())
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def log_metrics_batch(run_id: str, metrics: dict[str, float], step: int) -> None:

@@ -55,19 +55,18 @@ def test_the_sweep_parent_run_redacts_its_storage_url():
 # ---------------------------------------------------------------------------------------- binsweep submit checks
 
 
-def test_submit_forwards_this_shells_settings_and_refuses_credentials(monkeypatch):
+def test_submit_sends_nothing_of_this_shell_and_refuses_credentials(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     monkeypatch.setenv("BINSWEEP_RAY_STORAGE", "s3://bucket/ray")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "never-sent")  # read by the nodes themselves, never forwarded
-    env = jobs.forwarded_env({"OMP_NUM_THREADS": "4"})
-    assert env == {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000", "BINSWEEP_RAY_STORAGE": "s3://bucket/ray",
-                   "OMP_NUM_THREADS": "4"}
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "never-sent")  # read by the nodes themselves, never sent
+    env = jobs.job_env({"MLFLOW_TRACKING_URI": None}, {"OMP_NUM_THREADS": "4"}, "abc")
+    assert env == {"BINSWEEP_GIT_SHA": "abc", "OMP_NUM_THREADS": "4"}  # only what was asked for, and the sha
     with pytest.raises(jobs.SubmitError, match="password") as err:
-        jobs.forwarded_env({"MLFLOW_TRACKING_URI": "http://u:topsecret@mlflow:5000"})
+        jobs.job_env({"MLFLOW_TRACKING_URI": "http://u:topsecret@mlflow:5000"}, {}, None)
     assert "topsecret" not in str(err.value)
     for key in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_TOKEN"):
         with pytest.raises(jobs.SubmitError, match="credentials"):
-            jobs.forwarded_env({key: "x"})
+            jobs.job_env({}, {key: "x"}, None)
     with pytest.raises(jobs.SubmitError, match="KEY=VALUE"):
         jobs.parse_env(["NOEQUALS"])
 
