@@ -161,18 +161,31 @@ class MlflowSweepCallback(Callback):
         rec = self._trials.get(tid) or self._find_run(tid)
         if rec is None:
             rec = self._create_run(trial)
-        elif rec["run_id"] and rec["state"] not in names.FINAL_STATES:
-            # resumed: the same run goes on; epochs it already has are not logged twice
+        elif rec["run_id"] and (rec["state"] not in names.FINAL_STATES or rec["state"] == names.FAILED):
+            # resumed (or a failed trial retried by `resume --retry-failed`): the same run goes on; epochs it
+            # already has are not logged twice
             rec["last_epoch"] = max(rec["last_epoch"], self._logged_epoch(rec["run_id"]))
             rec["restarts"] = rec.get("restarts", 0) + 1
             c, run_id = self._client(), rec["run_id"]
             tracking.with_retries(lambda: c.update_run(run_id, status="RUNNING"), "run status")
             tracking.with_retries(lambda: c.set_tag(run_id, TAG_STATE, names.RUNNING), "run state")
+            if rec["state"] == names.FAILED:  # retried: its old error no longer describes it
+                rec["evaluated"] = False
+                tracking.with_retries(lambda: c.delete_tag(run_id, TAG_ERROR), "error tag")
             rec["state"] = names.RUNNING
             self._rt["restarted"].add(tid)
         with self._rt["lock"]:
             self._trials[tid] = rec
         self._rt["started"][tid] = (time.time(), rec["wall_s"])
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune retries the trial (max_failures) after it raised or its process or node died: the same run goes on,
+        and its first result after the retry says which checkpoint the trial resumed from."""
+        rec = self._trials.get(trial.trial_id)
+        if rec is None or rec["run_id"] is None:
+            return
+        rec["restarts"] = rec.get("restarts", 0) + 1
+        self._rt["restarted"].add(trial.trial_id)
 
     def _wall(self, tid: str) -> float:
         start, before = self._rt["started"].get(tid, (time.time(), 0.0))

@@ -34,10 +34,12 @@ TAG_TRAIN_NAME = "binsweep.train_name"  # the Ray Train run (its checkpoints) be
 TAG_BEST_CHECKPOINT = "binsweep.best_checkpoint"
 TAG_BEST_EPOCH = "binsweep.best_epoch"
 TAG_EVAL_ERROR = "binsweep.eval_error"
-TAG_RESTARTS = "binsweep.restarts"  # times the trial was restarted by `binsweep resume`
+TAG_RESTARTS = "binsweep.restarts"  # times the trial was restarted: `binsweep resume`, or a retry (max_failures)
 TAG_RESUMED_FROM = "binsweep.resumed_from_epoch"  # the checkpoint's epoch Train went on from at the last restart
 TAG_BEST_TRIAL = "binsweep.best_trial"  # on a parent run
 TAG_BEST_RUN = "binsweep.best_run_id"  # on a parent run
+TAG_RAY_JOB = "binsweep.ray_job_id"  # on a parent run: the submission id of the Ray job that ran the sweep
+TAG_RAY_DASHBOARD = "binsweep.ray_dashboard_url"  # on a parent run: that cluster's dashboard, as the cluster sees it
 
 # -- model version tags (the registry)
 TAG_RUN = "binsweep.run_id"
@@ -48,6 +50,7 @@ TAG_PAIRED_TEST = "binsweep.paired_test"
 # -- Ray job metadata (binsweep submit)
 JOB_SWEEP = "binsweep.sweep"
 JOB_SWEEP_FILE = "binsweep.sweep_file"
+JOB_COMMAND = "binsweep.command"  # sweep, resume, promote, report or leaderboard
 
 # -- metrics logged once per trial at step 0, never per epoch (their latest value is the value)
 TRIAL_METRICS = frozenset({"params_m", "gpu_hours", "wall_s", "startup_s"})

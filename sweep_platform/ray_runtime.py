@@ -21,6 +21,18 @@ def local_cpus() -> int:
     return int(os.environ.get("BINSWEEP_RAY_CPUS", max(4, os.cpu_count() or 1)))
 
 
+def running_cluster() -> str | None:
+    """The cluster this process should join: RAY_ADDRESS, else one that `ray start` started on this machine (a `ray
+    up` or KubeRay head, where jobs are not the only way in and RAY_ADDRESS is often unset), else None."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return address
+    from ray._private import services
+
+    # what a bare ray.init() would join: the address `ray start --head` left in <RAY_TMPDIR or /tmp>/ray
+    return services.canonicalize_bootstrap_address(None)
+
+
 def ensure_ray(quiet: bool = True) -> dict:
     """Initialise Ray once per process; returns the cluster's resources."""
     import ray
@@ -29,12 +41,16 @@ def ensure_ray(quiet: bool = True) -> dict:
         # Tune/Train V2 in one process; the driver-function pattern needs no V1 shims.
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
         kwargs = dict(log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO)
-        address = os.environ.get("RAY_ADDRESS")
+        address = running_cluster()
         if address:
-            # a submitted job already carries its runtime environment (working dir, env vars)
+            # a submitted job already carries its runtime environment (working dir, env vars); num_cpus and
+            # resources belong to the nodes, and Ray refuses them when joining a cluster
             ray.init(address=address, **kwargs)
         else:
+            from sweep_platform.placement import head_resources
+
             ray.init(num_cpus=local_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
+                     resources=head_resources(),  # the one node is the head: sweep and trial drivers live here
                      # workers see the driver's BINSWEEP_HOME, so relative paths mean the same everywhere
                      runtime_env={"env_vars": {"BINSWEEP_HOME": str(paths.home())}}, **kwargs)
     return ray.cluster_resources()

@@ -10,7 +10,8 @@ values as if they were final. Here, in Optuna's own semantics:
   trials as such);
 - a trial that ran all its epochs is told as COMPLETE with its best value (the epoch whose checkpoint is evaluated),
   for every objective at that epoch; epochs that only its checkpoints know (a resumed trial) count too;
-- a trial that failed is told as FAIL.
+- a trial that failed is told as FAIL; if `binsweep resume --retry-failed` runs it again and it completes, its
+  outcome joins the study as a new COMPLETE trial with the same parameters (Optuna never changes a finished trial).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep_platform import storage, tracking
 from sweep_platform.sweep_spec import SweepSpec
 
 log = logging.getLogger(__name__)
+TRIAL_ATTR = "ray_trial_id"
 
 
 class _Space:
@@ -59,6 +62,7 @@ class SweepSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             self._configs[trial_id] = config
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ATTR, trial_id)  # which Tune trial this Optuna trial is
         return config
 
     def _first(self, result: dict) -> Any:
@@ -121,3 +125,48 @@ class SweepSearch(OptunaSearch):
             log.warning("Optuna refused trial %s (%s): %s", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)
         self._configs.pop(trial_id, None)
+
+
+class RetriedTrials(Callback):
+    """Tells Optuna how a trial that it already knows as FAIL ended when `binsweep resume --retry-failed` ran it
+    again. The searcher never hears of such a trial (Tune's ConcurrencyLimiter forwards only the trials it suggested
+    in this session), and Optuna never changes a finished trial: the outcome joins the study as a new trial with the
+    same parameters, COMPLETE with its best value (or PRUNED), its `retry_of` naming the failed one."""
+
+    def __init__(self, spec: SweepSpec, study_name: str):
+        self.spec, self.study_name = spec, study_name
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tell_retried(self.spec, self.study_name, trial.trial_id, trial.config)
+
+
+def tell_retried(spec: SweepSpec, study_name: str, trial_id: str, config: dict) -> None:
+    import optuna
+
+    from sweep_platform.trial import trial_epochs
+
+    study = optuna.load_study(study_name=study_name, storage=storage.optuna_rdb())
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(TRIAL_ATTR) == trial_id]
+    failed = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
+    if not failed or any(t.state != optuna.trial.TrialState.FAIL for t in mine):
+        return  # not a retried failure, or already told
+    first = spec.metrics[0]
+    scored = [(e, m) for e, (m, _) in sorted(storage.trial_history(study_name, trial_id).items())
+              if tracking.is_number(m.get(first))]
+    if not scored:
+        return
+    best = scored[0][1]
+    for _, m in scored[1:]:
+        if tracking.better(m[first], best[first], spec.modes[0]):
+            best = m
+    done = scored[-1][0] >= trial_epochs(spec, config)
+    values = ({"values": [best.get(m) for m in spec.metrics]} if spec.multi_objective else {"value": best[first]}) \
+        if done else {}
+    try:
+        study.add_trial(optuna.trial.create_trial(
+            params=failed[-1].params, distributions=failed[-1].distributions,
+            state=optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.PRUNED,
+            intermediate_values=None if spec.multi_objective else {e: float(m[first]) for e, m in scored},
+            user_attrs={TRIAL_ATTR: trial_id, "retry_of": failed[-1].number}, **values))
+    except Exception as exc:  # noqa: BLE001 - e.g. a NaN objective: Optuna refuses it, the sweep goes on
+        log.warning("Optuna refused the retried trial %s: %s", trial_id, exc)

@@ -1,10 +1,10 @@
 """Sweeps on Ray Tune: one sweep file in, one Tune experiment out; Optuna proposes, ASHA stops, MLflow records.
 
     start_sweep(path, name)     validate, build the dataset when missing, parent MLflow run, Tuner.fit
-    resume_sweep(name)          Tuner.restore(..., resume_unfinished=True, resume_errored=False).fit
+    resume_sweep(name)          Tuner.restore(..., resume_unfinished=True, resume_errored=retry_failed).fit
 
-A trial is `trial.run_trial` (one Ray Train run); the MLflow side is `mlflow_callback`, the live table `progress`,
-where things are stored `storage`.
+A trial is `trial.run_trial`; where its processes run and how many run at once, `placement`; the MLflow side is
+`mlflow_callback`, the live table `progress`, where things are stored `storage`.
 
 Not restored by Tune (platform.md §1.4): the ASHA scheduler. After `resume` its rungs start empty, so the first
 trials to reach each rung again are not compared with those that reached it before the interruption.
@@ -13,7 +13,6 @@ trials to reach each rung again are not compared with those that reached it befo
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -25,13 +24,15 @@ from typing import Any
 import ray
 import ray.tune
 
-from sweep_platform import configfile, names, parent_run, paths, ray_runtime, storage, tracking
+from sweep_platform import configfile, names, parent_run, ray_runtime, storage, tracking
 from sweep_platform.errors import BinsweepError, SweepExistsError, SweepNotFoundError
+from sweep_platform.placement import max_cluster_resources, offers_driver_slots, trial_resources, trials_at_once
 from sweep_platform.progress import DISPLAYS, ProgressTable
 from sweep_platform.sweep_file import load_sweep
 from sweep_platform.sweep_spec import SweepSpec
 from sweep_platform.training import dataset_fingerprint, resolve_data_root
 from sweep_platform.trial import SweepContext, run_trial, trial_model_config
+from trainables import datastore
 from trainables.registry import get_trainable
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -39,10 +40,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class DatasetMissingError(BinsweepError, FileNotFoundError):
     """The sweep's dataset folder is missing and the sweep file cannot build it."""
-
-
-class ClusterTooSmallError(BinsweepError, ValueError):
-    """One trial needs more than the Ray cluster has."""
 
 
 class SweepNameError(BinsweepError, ValueError):
@@ -58,13 +55,14 @@ def default_name(spec: SweepSpec) -> str:
     return f"{spec.name}-{time.strftime('%m%d-%H%M%S')}"
 
 
-def ensure_dataset(spec: SweepSpec, say=lambda text: None) -> Path | None:
-    """The sweep's dataset folder, built first with the trainable's dataset builder from `dataset_build` when it does
-    not exist yet."""
+def ensure_dataset(spec: SweepSpec, say=lambda text: None) -> Path | str | None:
+    """The sweep's dataset: a folder under this node's BINSWEEP_HOME, or a URI (s3://bucket/prefix) that every node
+    reads. Built first with the trainable's dataset builder from `dataset_build` when it has no manifest yet (for a
+    URI: built in a staging folder here and published there, manifest last)."""
     if spec.dataset is None:
         return None
-    root = paths.resolve(spec.dataset)
-    if (root / "manifest.json").is_file():
+    root = datastore.normalize(spec.dataset)
+    if datastore.is_file(datastore.join(root, datastore.MANIFEST)):
         return root
     builder = get_trainable(spec.trainable).dataset_builder
     if spec.dataset_build is None or builder is None:
@@ -73,57 +71,10 @@ def ensure_dataset(spec: SweepSpec, say=lambda text: None) -> Path | None:
         raise DatasetMissingError(f"{spec.source}: dataset {spec.dataset}: no dataset at {root} (manifest.json "
                                   f"missing); {how}")
     cfg = configfile.validate(builder.config_type, spec.dataset_build, spec.source, prefix="dataset_build")
-    say(f"building dataset {spec.dataset} from the sweep file's dataset_build")
+    published = " and publishing it there" if datastore.is_uri(root) else ""
+    say(f"building dataset {spec.dataset} from the sweep file's dataset_build{published}")
     builder.build(cfg, root)
     return root
-
-
-def trial_resources(spec: SweepSpec) -> dict[str, float]:
-    """What one trial's Tune actor holds: a single-worker trial trains in it (its worker's CPUs and GPUs); a
-    multi-worker trial's actor only drives a Train run whose workers hold their own."""
-    r = spec.resources
-    if r.workers == 1:
-        return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
-    return {"CPU": 1}
-
-
-def trial_footprint(spec: SweepSpec) -> dict[str, float]:
-    """Everything one trial takes from the cluster: its actor plus, with several workers, the worker group."""
-    r = spec.resources
-    if r.workers == 1:
-        return trial_resources(spec)
-    return {"CPU": r.workers * r.cpus_per_worker + 1,
-            **({"GPU": r.workers * r.gpus_per_worker} if r.gpus_per_worker else {})}
-
-
-def max_cluster_resources() -> dict[str, float] | None:
-    """What the cluster can grow to: the autoscaler's node types times their max workers (what Ray Train checks a
-    worker group against); None without an autoscaler (a fixed cluster is what is up)."""
-    try:
-        from ray._private.state import state
-
-        return state.get_max_resources_from_cluster_config() or None
-    except Exception:  # noqa: BLE001 - no autoscaler config, or an older GCS: count what is up
-        return None
-
-
-def trials_at_once(spec: SweepSpec, cluster: dict[str, float], ceiling: dict[str, float] | None = None) -> int:
-    """Trials at once: the file's number, or as many as the cluster holds, counting what an autoscaling cluster can
-    grow to (`ceiling`, per resource the larger of it and what is up now)."""
-    if spec.concurrency != "auto":
-        return int(spec.concurrency)
-    need = trial_footprint(spec)
-    have = {k: max(cluster.get(k, 0), (ceiling or {}).get(k, 0)) for k in need}
-    n = min(math.floor(have[k] / v + 1e-9) for k, v in need.items())
-    if n < 1:
-        r = spec.resources
-        want = " and ".join(f"{v:g} {k}s" for k, v in need.items())
-        got = " and ".join(f"{have[k]:g} {k}s" for k in need)
-        scope = "at its largest (autoscaler)" if ceiling else "now"
-        driver = f" ({r.workers} workers + 1 CPU for its driver)" if r.workers > 1 else ""
-        raise ClusterTooSmallError(f"{spec.source}: resources: one trial needs {want}{driver} but the Ray cluster has "
-                                   f"{got} {scope}; lower resources or set concurrency explicitly")
-    return min(n, spec.trials)
 
 
 def reuse_actors(spec: SweepSpec) -> bool:
@@ -165,9 +116,10 @@ def _trial_id(trial) -> str:
     return trial.trial_id
 
 
-def _trainable(ctx: SweepContext):
+def _trainable(ctx: SweepContext, cluster: dict[str, float]):
     # the same function on start and on restore (Tune checks its name); the context rides in the object store
-    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, sweep=ctx), trial_resources(ctx.spec))
+    slots = offers_driver_slots(cluster, max_cluster_resources())
+    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, sweep=ctx), trial_resources(ctx.spec, slots))
 
 
 @dataclass
@@ -225,7 +177,7 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
         f"({tracking.redact(tracking.tracking_uri())}); Tune {storage.sweep_dir(name)}")
     _tune_env()
     tuner = ray.tune.Tuner(
-        _trainable(ctx),
+        _trainable(ctx, cluster),
         tune_config=ray.tune.TuneConfig(
             metric=spec.metric, mode=spec.mode,  # the scheduler's (ASHA stops on the first objective)
             search_alg=_searcher(spec, name), scheduler=_scheduler(spec), num_samples=spec.trials,
@@ -240,8 +192,10 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     return _fit(tuner, ctx)
 
 
-def resume_sweep(name: str, *, say=lambda text: None) -> SweepOutcome:
-    """Continue a sweep whose driver died or was interrupted: finished trials stay, unfinished ones go on."""
+def resume_sweep(name: str, *, retry_failed: bool = False, say=lambda text: None) -> SweepOutcome:
+    """Continue a sweep whose driver died or was interrupted: finished trials stay, unfinished ones go on; with
+    `retry_failed`, trials that errored (e.g. more node losses than max_failures) run again from their last
+    checkpoints, in the same MLflow runs."""
     path = storage.sweep_dir(name)
     if not ray.tune.Tuner.can_restore(path) or not storage.exists(f"{path}/{storage.CONTEXT_FILE}"):
         known = storage.existing_sweeps()
@@ -249,11 +203,12 @@ def resume_sweep(name: str, *, say=lambda text: None) -> SweepOutcome:
                                  f"(existing sweeps: {', '.join(known) if known else 'none'})")
     ctx = SweepContext.load(name)
     ensure_dataset(ctx.spec)
-    ray_runtime.ensure_ray()  # a fresh local cluster when the dead driver's went with it
+    cluster = ray_runtime.ensure_ray()  # a fresh local cluster when the dead driver's went with it
     say(f"resuming sweep [bold]{name}[/bold]: MLflow parent run {ctx.parent_run_id}; Tune {path}")
     _tune_env()
     # callbacks, searcher (with its Optuna study) and the trials come back from the experiment directory
-    tuner = ray.tune.Tuner.restore(path, trainable=_trainable(ctx), resume_unfinished=True, resume_errored=False)
+    tuner = ray.tune.Tuner.restore(path, trainable=_trainable(ctx, cluster), resume_unfinished=True,
+                                   resume_errored=retry_failed)
     return _fit(tuner, ctx)
 
 
@@ -277,7 +232,9 @@ def _scheduler(spec: SweepSpec):
 def _callbacks(ctx: SweepContext, progress: bool) -> list:
     from sweep_platform.mlflow_callback import MlflowSweepCallback
 
-    callbacks = [MlflowSweepCallback(ctx)]
+    from sweep_platform.searcher import RetriedTrials
+
+    callbacks = [MlflowSweepCallback(ctx), RetriedTrials(ctx.spec, ctx.name)]
     if progress:
         callbacks.append(ProgressTable(ctx.name, ctx.spec))
     return callbacks

@@ -27,7 +27,7 @@ from sweep_platform import paths, ray_runtime, tracking
 from sweep_platform.cli import app
 from sweep_platform.sweep_file import parse_sweep
 from sweep_platform.storage import optuna_storage
-from sweep_platform.sweep import trial_resources, trials_at_once
+from sweep_platform.placement import trial_resources, trials_at_once
 from sweep_platform.trial import end_state, trial_epochs
 
 runner = CliRunner()
@@ -108,6 +108,43 @@ def test_auto_concurrency_counts_what_an_autoscaling_cluster_can_grow_to(tmp_pat
     shared = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=8, sampler={"type": "random"},
                                     resources={"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.5}), "t.yaml")
     assert trials_at_once(shared, {"CPU": 16, "GPU": 1}) == 2  # two trials share one GPU
+
+
+def test_multi_worker_trial_drivers_take_a_head_slot_not_a_gpu_nodes_cpu(tmp_path):
+    """On a cluster whose head offers trial_driver slots (start.sh, aws-gpu.yaml, KubeRay, the embedded cluster), the
+    actor that drives a multi-worker trial holds a slot and no CPU: it can only run on the head, and on a 4-vCPU GPU
+    node all 4 CPUs stay for the worker. Without slots it takes a CPU wherever one is free, as before."""
+    from sweep_platform import placement
+
+    spec = parse_sweep(sweep_file(tmp_path, concurrency="auto", trials=8, sampler={"type": "random"},
+                                  resources={"workers": 2, "cpus_per_worker": 4, "gpus_per_worker": 1}), "t.yaml")
+    assert placement.trial_resources(spec) == {"CPU": 0, "trial_driver": 1}
+    assert placement.trial_resources(spec, driver_slots=False) == {"CPU": 1}
+    head = {"CPU": 4, **placement.head_resources()}
+    # 4 GPU nodes of 4 CPUs + 1 GPU may join: 2 two-worker trials, their drivers on the head
+    assert trials_at_once(spec, head, {"CPU": 20, "GPU": 4, **placement.head_resources()}) == 2
+    assert placement.trial_footprint(spec, True) == {"CPU": 8, "GPU": 2, "trial_driver": 1}
+
+
+def test_the_ceiling_comes_from_the_autoscaler_config_or_the_environment(tmp_path, monkeypatch):
+    from sweep_platform import placement
+
+    config = {"max_workers": 5, "head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 4, "GPU": 0, "sweep_driver": 1}},
+        "gpu": {"min_workers": 0, "max_workers": 3, "resources": {"CPU": 4, "GPU": 1}},
+        "cpu": {"min_workers": 0, "max_workers": 4, "resources": {"CPU": 16}}}}
+    # per resource, the node types richest in it, within each type's and the cluster's max_workers
+    assert placement.bootstrap_ceiling(config) == {"CPU": 4 + 4 * 16 + 1 * 4, "GPU": 3, "sweep_driver": 1}
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("BINSWEEP_AUTOSCALING_CONFIG", str(path))
+    assert placement.max_cluster_resources()["GPU"] == 3
+    monkeypatch.setenv("BINSWEEP_AUTOSCALING_CONFIG", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("BINSWEEP_MAX_RESOURCES", '{"CPU": 10, "GPU": 2}')
+    assert placement.max_cluster_resources() == {"CPU": 10.0, "GPU": 2.0}
+    monkeypatch.setenv("BINSWEEP_MAX_RESOURCES", "8 GPUs")
+    with pytest.raises(ValueError, match="BINSWEEP_MAX_RESOURCES='8 GPUs': expected a JSON object"):
+        placement.max_cluster_resources()
 
 
 def test_a_trial_that_ends_before_its_last_epoch_was_stopped(tmp_path):

@@ -295,3 +295,34 @@ def test_a_trial_whose_process_dies_goes_on_from_its_last_checkpoint(tmp_path):
     assert results[0]["pid"] == results[1]["pid"] != results[2]["pid"] == results[3]["pid"]
     (trial,) = optuna.load_study(study_name=name, storage=optuna_storage()).trials
     assert trial.state.name == "COMPLETE"
+
+
+@pytest.mark.slow
+def test_resume_retry_failed_reruns_an_errored_trial_from_its_last_checkpoint(tmp_path):
+    """A trial that raises at epoch 3 with no retries left ends FAILED; `resume --retry-failed` runs it again from
+    its epoch-2 checkpoint in the same MLflow run (every epoch once, error cleared), and Optuna keeps the FAIL and
+    gains a COMPLETE trial with the same parameters. A plain `resume` would not have touched it."""
+    name = "retry-failed"
+    data = {**sweep_data(), "space": {"model.integration": {"choice": ["sub"]}}, "trials": 1}
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    marker = tmp_path / "raised"
+    cmd = [sys.executable, "-m", "sweep_platform"]
+    env = {**os.environ, "BINSWEEP_FAULT": f"raise:0:3:{marker}"}
+    first = subprocess.run([*cmd, "sweep", str(path), "--name", name, "--no-progress", "--max-failures", "0"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode != 0 and marker.is_file(), first.stdout + first.stderr  # the only trial failed
+    (run,) = children(_parent(name).info.run_id)
+    assert run.data.tags["binsweep.state"] == "failed" and "injected fault" in run.data.tags["binsweep.error"]
+    assert epochs_of(run.info.run_id) == [1, 2]
+
+    res = subprocess.run([*cmd, "resume", name, "--retry-failed"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (again,) = children(_parent(name).info.run_id)
+    assert again.info.run_id == run.info.run_id  # the same run, not a duplicate
+    assert epochs_of(run.info.run_id) == list(range(1, EPOCHS + 1))  # epochs 1-2 not repeated, 3.. added
+    assert again.data.tags["binsweep.state"] == "completed" and "binsweep.error" not in again.data.tags
+    assert "test_ad_deg" in again.data.metrics and int(again.data.tags["binsweep.resumed_from_epoch"]) == 2
+    trials = optuna.load_study(study_name=name, storage=optuna_storage()).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].params == trials[1].params and trials[1].user_attrs["retry_of"] == trials[0].number
