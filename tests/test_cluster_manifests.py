@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sweep_platform import placement
+from sweep_platform.sweep_file import load_sweep
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 AWS = CLUSTER / "aws-gpu.yaml"
@@ -177,7 +180,8 @@ def test_ray_up_head_is_a_cpu_node_that_holds_the_sweep_drivers():
     start = " ".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in start and "--num-gpus=0" in start
     assert "--dashboard-host=" in start
-    assert _json_flag(start, "--resources") == {"sweep_driver": head["resources"]["sweep_driver"]}
+    custom = {k: v for k, v in head["resources"].items() if k not in ("CPU", "GPU")}
+    assert _json_flag(start, "--resources") == custom == placement.head_resources()  # what the embedded head offers
     assert "InstanceMarketOptions" not in head["node_config"], "the sweep drivers' node must not be spot"
 
 
@@ -199,6 +203,8 @@ def test_ray_up_environment_and_token_reach_every_node():
     assert "RAY_AUTH_MODE=token" in setup
     assert re.search(r"MLFLOW_TRACKING_URI=https?://", setup)
     assert "BINSWEEP_RAY_STORAGE=s3://" in setup
+    # node-local homes: relative datasets (bast_tpe.yaml's data/loc) live in the bucket, where every node reads them
+    assert "BINSWEEP_DATA_ROOT=s3://" in setup
     env_file = re.search(r"> (\S+)", setup).group(1)
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert f". {env_file}" in " ".join(cfg[key]), f"{key} does not load {env_file}"
@@ -392,3 +398,48 @@ def test_rayignore_keeps_data_and_environments_out_of_job_uploads(tmp_path):
         assert excluded(REPO / rel), f"{rel} would be uploaded"
     for rel in ("sweep_platform/cli.py", "trainables/registry.py", "search_spaces/bast_tpe.yaml", "pyproject.toml"):
         assert not excluded(REPO / rel), f"{rel} would be left out"
+
+
+def test_ray_up_ceiling_counts_gpu_nodes_that_are_not_up_yet():
+    """`concurrency: auto` on the `ray up` head reads this file (as ~/ray_bootstrap_config.yaml): a GPU sweep file
+    gets one trial per GPU node the autoscaler may start, although none is up when the sweep is submitted."""
+    cfg = _load(AWS)
+    ceiling = placement.bootstrap_ceiling(cfg)
+    gpu_nodes = sum(t["max_workers"] for k, t in cfg["available_node_types"].items()
+                    if t["resources"].get("GPU", 0) >= 1)
+    assert ceiling["GPU"] == min(gpu_nodes, cfg["max_workers"])
+    spec = load_sweep(REPO / "search_spaces" / "bast_tpe.yaml")
+    head_now = cfg["available_node_types"][cfg["head_node_type"]]["resources"]
+    assert placement.trials_at_once(spec, head_now, ceiling) == min(spec.trials, ceiling["GPU"])
+
+
+def test_kuberay_heads_declare_what_the_gpu_group_can_grow_to():
+    for name, doc in (("raycluster.yaml", _raycluster()), ("rayjob-sweep.yaml", _load(RAYJOB))):
+        spec = doc["spec"] if name == "raycluster.yaml" else doc["spec"]["rayClusterSpec"]
+        head = spec["headGroupSpec"]
+        (container,) = _containers(head)
+        declared = json.loads(_env(container)["BINSWEEP_MAX_RESOURCES"]["value"])
+        cpu = float(container["resources"]["limits"]["cpu"])
+        gpu = 0.0
+        for g in spec["workerGroupSpecs"]:
+            (c,) = _containers(g)
+            cpu += g["maxReplicas"] * float(c["resources"]["limits"]["cpu"])
+            gpu += g["maxReplicas"] * float(c["resources"]["limits"]["nvidia.com/gpu"])
+        assert declared["CPU"] == cpu and declared["GPU"] == gpu, name
+        assert {k: float(v) for k, v in head["resources"].items()} == \
+            {k: float(v) for k, v in placement.head_resources().items()}, name
+        assert declared["sweep_driver"] == 1 and declared["trial_driver"] == placement.TRIAL_DRIVER_SLOTS, name
+
+
+def test_gpu_sweep_files_fit_a_4_vcpu_1_gpu_node():
+    """g5.xlarge: 4 vCPUs, 1 GPU. A single-worker trial holds its worker's CPUs and GPU in its own actor; nothing
+    else of a sweep asks for a CPU there (drivers are on the head), so no GPU is stranded."""
+    for f in sorted((REPO / "search_spaces").glob("*.yaml")):
+        spec = load_sweep(f)
+        r = spec.resources
+        if not r.gpus_per_worker:
+            continue
+        assert r.cpus_per_worker <= 4 and r.gpus_per_worker <= 1, f.name
+        actor = placement.trial_resources(spec)
+        if r.workers > 1:
+            assert actor == {"CPU": 0, placement.TRIAL_DRIVER: 1}, f.name

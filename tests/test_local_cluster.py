@@ -210,9 +210,7 @@ def cluster():
                                          timeout=180)
         ray_link = info["run_dir"] / "logs" / "ray"
         if ray_link.is_symlink():  # Ray's private temp dirs (session logs) outlive stop.sh on purpose
-            ray_tmp = Path(os.readlink(ray_link)).parents[1]
-            for d in (ray_tmp, *ray_tmp.parent.glob(f"{ray_tmp.name}-w*")):
-                shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(Path(os.readlink(ray_link)).parents[2], ignore_errors=True)  # /tmp/binsweep-<uid>-<h>
         shutil.rmtree(home, ignore_errors=True)
 
 

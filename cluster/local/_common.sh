@@ -5,8 +5,11 @@
 #   logs/ray-head.log, logs/ray-worker-<i>.log, logs/mlflow.log, logs/postgres.log, logs/ray -> Ray's session logs
 #   pg/                  the private PostgreSQL cluster (data/, sock/), when that backend is used
 #   env.sh               the exports a client needs (also printed by start.sh on stdout)
+#   cluster.conf         the choices of the first start (--s3, --node-homes, ports), for --add-workers
+#   nodes/<node>/        each node's own BINSWEEP_HOME with --node-homes (head, w1, w2, ...)
+#   pids/s3.pid, logs/s3.log   moto's S3 server with --s3
 #   cwd/                 empty working directory of the Ray head (jobs without a working_dir run here)
-# Ray's own temp dir lives at /tmp/binsweep-ray-<uid>-<hash> because its unix sockets must have short paths.
+# Ray's own temp dir lives at /tmp/binsweep-<uid>-<hash>/ray because its unix sockets must have short paths.
 
 CLUSTER_SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$CLUSTER_SCRIPT_DIR/../.." && pwd)"
@@ -33,12 +36,17 @@ fi
 log() { printf '[binsweep-cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# A short, stable temp dir for Ray per run dir (unix socket paths are limited to ~107 bytes).
+# A short, stable temp dir for Ray per run dir (unix socket paths are limited to ~107 bytes). It ends in /ray, the
+# name Ray gives its default temp dir under RAY_TMPDIR: with RAY_TMPDIR set to its parent, a bare ray.init() on this
+# machine finds the head's address file there and joins, as it does on a `ray up` head (ray_runtime.running_cluster).
 ray_tmp_dir() {
     local h
     h="$(printf '%s' "$RUN_DIR" | cksum | cut -d' ' -f1)"
-    printf '/tmp/binsweep-ray-%s-%s' "$(id -u)" "$h"
+    printf '/tmp/binsweep-%s-%s/ray' "$(id -u)" "$h"
 }
+
+# What the first start.sh chose for the whole cluster (S3 server, node-local homes); --add-workers reads it back.
+CLUSTER_CONF="$RUN_DIR/cluster.conf"
 
 # alive PID: the process exists and is not a zombie.
 alive() {

@@ -20,6 +20,20 @@ usage: cluster/local/start.sh [options]
   --num-gpus G         GPUs of the head node (default: Ray detects them)
   --workers K          extra Ray worker nodes as processes on this machine (default 0)
   --worker-cpus N      logical CPUs of each extra worker node (default 2)
+  --worker-gpus G      logical GPUs each extra worker node declares (default 0): Ray places GPU trials there; on a
+                       machine without a GPU torch finds no CUDA device in them and trains on the CPU
+  --add-workers K      add K worker nodes (--worker-cpus/--worker-gpus) to the running cluster, numbered after
+                       the existing ones, and change nothing else: nodes that join after a sweep was submitted
+  --max-workers M      the cluster may grow to M extra worker nodes of that shape: declared to sweeps as
+                       BINSWEEP_MAX_RESOURCES (what an autoscaler's config tells them on the cloud), so that
+                       `concurrency: auto` counts nodes that have not joined yet
+  --s3                 serve an S3 API on 127.0.0.1 (moto's server, a test dependency) and keep Ray's storage,
+                       MLflow's artifacts (and your datasets) in s3://BUCKET/...; every node gets the AWS variables
+  --s3-port P          port of the S3 server (default 9000)
+  --s3-bucket B        its bucket (default binsweep)
+  --node-homes         every node its own BINSWEEP_HOME (runs/cluster/nodes/<node>): nothing travels through this
+                       machine's disk that a real cluster would not share
+  --rehearsal          --s3 --node-homes: the cloud's conditions on one machine (cluster/README.md, "Rehearsal")
   --port P             Ray GCS port (default 6379)
   --dashboard-port P   Ray dashboard / job API port, bound to 127.0.0.1 (default 8265)
   --client-port P      Ray Client server port (default 10001)
@@ -34,7 +48,8 @@ usage: cluster/local/start.sh [options]
 
 Every option also reads an environment variable: BINSWEEP_RAY_CPUS, BINSWEEP_RAY_GPUS, BINSWEEP_CLUSTER_WORKERS,
 BINSWEEP_WORKER_CPUS, BINSWEEP_RAY_PORT, BINSWEEP_DASHBOARD_PORT, BINSWEEP_CLIENT_PORT, BINSWEEP_AGENT_PORT,
-BINSWEEP_OBJECT_STORE_MB, BINSWEEP_MLFLOW_BACKEND, BINSWEEP_MLFLOW_PORT, BINSWEEP_MLFLOW_WORKERS, BINSWEEP_PG_PORT.
+BINSWEEP_OBJECT_STORE_MB, BINSWEEP_MLFLOW_BACKEND, BINSWEEP_MLFLOW_PORT, BINSWEEP_MLFLOW_WORKERS, BINSWEEP_PG_PORT,
+BINSWEEP_WORKER_GPUS, BINSWEEP_MAX_WORKERS, BINSWEEP_S3_PORT, BINSWEEP_S3_BUCKET.
 BINSWEEP_HOME (default: the repository) says where runs/ lives; BINSWEEP_PYTHON which Python runs ray and mlflow.
 EOF
 }
@@ -60,13 +75,20 @@ MLFLOW_PORT="${BINSWEEP_MLFLOW_PORT:-5000}"
 MLFLOW_WORKERS="${BINSWEEP_MLFLOW_WORKERS:-2}"
 PG_PORT="${BINSWEEP_PG_PORT:-5433}"
 WITH_MLFLOW=1
+WORKER_GPUS="${BINSWEEP_WORKER_GPUS:-0}"
+ADD_WORKERS=0
+MAX_WORKERS="${BINSWEEP_MAX_WORKERS:-}"
+S3=0
+S3_PORT="${BINSWEEP_S3_PORT:-9000}"
+S3_BUCKET="${BINSWEEP_S3_BUCKET:-binsweep}"
+NODE_HOMES=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --num-cpus) NUM_CPUS="$2"; shift 2 ;;
         --num-gpus) NUM_GPUS="$2"; shift 2 ;;
         --workers) WORKERS="$2"; shift 2 ;;
-        --worker-cpus) WORKER_CPUS="$2"; shift 2 ;;
+        --worker-cpus) WORKER_CPUS="$2"; CLI_WORKER_CPUS="$2"; shift 2 ;;
         --port) GCS_PORT="$2"; shift 2 ;;
         --dashboard-port) DASH_PORT="$2"; shift 2 ;;
         --client-port) CLIENT_PORT="$2"; shift 2 ;;
@@ -77,13 +99,22 @@ while [ $# -gt 0 ]; do
         --mlflow-workers) MLFLOW_WORKERS="$2"; shift 2 ;;
         --pg-port) PG_PORT="$2"; shift 2 ;;
         --no-mlflow) WITH_MLFLOW=0; shift ;;
+        --worker-gpus) WORKER_GPUS="$2"; CLI_WORKER_GPUS="$2"; shift 2 ;;
+        --add-workers) ADD_WORKERS="$2"; shift 2 ;;
+        --max-workers) MAX_WORKERS="$2"; shift 2 ;;
+        --s3) S3=1; shift ;;
+        --s3-port) S3_PORT="$2"; shift 2 ;;
+        --s3-bucket) S3_BUCKET="$2"; shift 2 ;;
+        --node-homes) NODE_HOMES=1; shift ;;
+        --rehearsal) S3=1; NODE_HOMES=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
 done
 
 case "$BACKEND" in auto|postgres|sqlite) ;; *) die "--backend must be auto, postgres or sqlite, not '$BACKEND'" ;; esac
-for v in NUM_CPUS WORKERS WORKER_CPUS GCS_PORT DASH_PORT CLIENT_PORT AGENT_PORT MLFLOW_PORT MLFLOW_WORKERS PG_PORT; do
+for v in NUM_CPUS WORKERS WORKER_CPUS WORKER_GPUS ADD_WORKERS GCS_PORT DASH_PORT CLIENT_PORT AGENT_PORT MLFLOW_PORT \
+         MLFLOW_WORKERS PG_PORT S3_PORT ${MAX_WORKERS:+MAX_WORKERS}; do
     case "${!v}" in ''|*[!0-9]*) die "$v must be a whole number, not '${!v}'" ;; esac
 done
 if [ "$CLIENT_PORT" -ge 10002 ] && [ "$CLIENT_PORT" -le 19999 ]; then
@@ -92,14 +123,30 @@ fi
 [ -n "$PY" ] && "$PY" -c 'import ray' 2>/dev/null \
     || die "no Python with ray found (set BINSWEEP_PYTHON or create .venv with 'make install')"
 
+if [ "$ADD_WORKERS" -gt 0 ]; then
+    # the cluster's own choices, not this call's defaults: new nodes must look like the ones already there
+    [ -f "$CLUSTER_CONF" ] || die "--add-workers: no cluster under $RUN_DIR (start one first)"
+    # shellcheck disable=SC1090
+    . "$CLUSTER_CONF"
+    WORKER_CPUS="${CLI_WORKER_CPUS:-$WORKER_CPUS}"   # the new nodes' shape may differ (a GPU node type)
+    WORKER_GPUS="${CLI_WORKER_GPUS:-$WORKER_GPUS}"
+fi
+
 mkdir -p "$PID_DIR" "$LOG_DIR" "$RUN_DIR/cwd"
 RAY_TMP="$(ray_tmp_dir)"
 mkdir -p "$RAY_TMP"
-chmod 700 "$RAY_TMP"
+chmod 700 "$(dirname "$RAY_TMP")" "$RAY_TMP"
 
 HOST=127.0.0.1
 MLFLOW_URI="http://$HOST:$MLFLOW_PORT"
-STORAGE="${BINSWEEP_RAY_STORAGE:-$BINSWEEP_HOME/runs/ray}"
+S3_URI="http://$HOST:$S3_PORT"
+if [ "$S3" = 1 ]; then
+    STORAGE="${BINSWEEP_RAY_STORAGE:-s3://$S3_BUCKET/ray}"
+    ARTIFACTS="s3://$S3_BUCKET/mlartifacts"
+else
+    STORAGE="${BINSWEEP_RAY_STORAGE:-$BINSWEEP_HOME/runs/ray}"
+    ARTIFACTS="$BINSWEEP_HOME/runs/mlartifacts"
+fi
 started=()   # pidfiles of what this invocation started, to undo on failure
 PG_STARTED=0
 
@@ -205,6 +252,33 @@ else
 fi
 [ -n "$TOKEN" ] || die "the Ray auth token is empty"
 
+# ------------------------------------------------------------------------------------------------------------ S3
+# moto's S3 server: a real HTTP S3 API in its own process, in memory (it forgets everything when stopped). Clients
+# find it through the standard AWS variables (pyarrow, botocore, MLflow), so code sees plain s3:// URIs as on AWS.
+if [ "$S3" = 1 ]; then
+    export AWS_ENDPOINT_URL="$S3_URI" MLFLOW_S3_ENDPOINT_URL="$S3_URI" AWS_DEFAULT_REGION=us-east-1 \
+        AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+    # moto accepts any key; these dummies are not secrets, and real clusters use instance roles instead
+    export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-binsweep}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-binsweep}"
+fi
+s3_up() { [ "$(http_status "$S3_URI/moto-api/")" = 200 ]; }
+if [ "$S3" = 1 ] && [ "$ADD_WORKERS" = 0 ]; then
+    if [ -n "$(pid_from "$PID_DIR/s3.pid" "moto.server")" ]; then
+        log "S3 server already running"
+    else
+        "$PY" -c 'import moto.server' 2>/dev/null \
+            || die "--s3 needs moto's server in $PY (pip install 'moto[server]', part of binsweep's test extras)"
+        port_busy "$S3_PORT" && die "port $S3_PORT is taken by another program (use --s3-port)"
+        log "starting the S3 server on $S3_URI (bucket $S3_BUCKET)"
+        detach "$LOG_DIR/s3.log" "$PID_DIR/s3.pid" "$PY" -m moto.server -H "$HOST" -p "$S3_PORT"
+    fi
+    wait_for "S3 server" "$PID_DIR/s3.pid" 60 s3_up
+    "$PY" -c 'import sys, boto3
+s3 = boto3.client("s3")
+if sys.argv[1] not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+    s3.create_bucket(Bucket=sys.argv[1])' "$S3_BUCKET" || die "cannot create the bucket $S3_BUCKET"
+fi
+
 # -------------------------------------------------------------------------------------------------------- MLflow
 BACKEND_URI=""
 BACKEND_NAME=""
@@ -268,7 +342,7 @@ print(next(m for m in ("psycopg", "psycopg2") if u.find_spec(m)))' 2>/dev/null)"
     BACKEND_URI="sqlite:///$BINSWEEP_HOME/runs/mlflow.db"
 }
 
-if [ "$WITH_MLFLOW" = 1 ]; then
+if [ "$WITH_MLFLOW" = 1 ] && [ "$ADD_WORKERS" = 0 ]; then
     MLFLOW_PID="$(pid_from "$PID_DIR/mlflow.pid" "mlflow server")"
     if [ -n "$MLFLOW_PID" ]; then
         log "MLflow server already running (pid $MLFLOW_PID)"
@@ -279,13 +353,13 @@ if [ "$WITH_MLFLOW" = 1 ]; then
         choose_backend
         [ "$BACKEND_NAME" = postgresql ] && start_postgres
         echo "$BACKEND_NAME" >"$RUN_DIR/mlflow.backend"
-        mkdir -p "$BINSWEEP_HOME/runs/mlartifacts"
+        [ "$S3" = 1 ] || mkdir -p "$ARTIFACTS"
         log "starting MLflow server on $MLFLOW_URI ($BACKEND_NAME)"
         # Job execution (huey consumers for GenAI jobs) is off: binsweep does not use it and it adds 7 processes.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false detach "$LOG_DIR/mlflow.log" "$PID_DIR/mlflow.pid" \
             "$PY" -m mlflow server \
             --backend-store-uri "$BACKEND_URI" \
-            --artifacts-destination "$BINSWEEP_HOME/runs/mlartifacts" \
+            --artifacts-destination "$ARTIFACTS" \
             --host "$HOST" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS"
     fi
 fi
@@ -299,6 +373,22 @@ PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$PATH"
 export PATH
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-5}"
 [ "$WITH_MLFLOW" = 1 ] && export MLFLOW_TRACKING_URI="$MLFLOW_URI"
+# The largest the cluster may become, for `concurrency: auto` (sweep_platform/placement.py): the head plus
+# --max-workers nodes of the workers' shape.
+if [ -n "$MAX_WORKERS" ]; then
+    BINSWEEP_MAX_RESOURCES="{\"CPU\": $((NUM_CPUS + MAX_WORKERS * WORKER_CPUS)), \"GPU\": $(( ${NUM_GPUS:-0} + MAX_WORKERS * WORKER_GPUS)), \"sweep_driver\": 1, \"trial_driver\": 1000}"
+    export BINSWEEP_MAX_RESOURCES
+fi
+
+# node_home NAME: the BINSWEEP_HOME of a node: its own folder with --node-homes, else the shared one.
+node_home() {
+    if [ "$NODE_HOMES" = 1 ]; then
+        mkdir -p "$RUN_DIR/nodes/$1"
+        printf '%s' "$RUN_DIR/nodes/$1"
+    else
+        printf '%s' "$BINSWEEP_HOME"
+    fi
+}
 
 ray_common=(--node-ip-address="$HOST" --block --disable-usage-stats)
 [ -n "$OBJECT_STORE_MB" ] && ray_common+=(--object-store-memory="$((OBJECT_STORE_MB * 1024 * 1024))")
@@ -311,12 +401,13 @@ else
     port_busy "$DASH_PORT" && die "port $DASH_PORT is taken by another program (use --dashboard-port)"
     head_args=(--head --port="$GCS_PORT" --dashboard-host="$HOST" --dashboard-port="$DASH_PORT"
         --ray-client-server-port="$CLIENT_PORT" --dashboard-agent-listen-port="$AGENT_PORT"
-        --num-cpus="$NUM_CPUS" --resources='{"sweep_driver": 1}' --temp-dir="$RAY_TMP")
+        --num-cpus="$NUM_CPUS" --temp-dir="$RAY_TMP" --labels="binsweep-node=head"
+        --resources='{"sweep_driver": 1, "trial_driver": 1000}')  # sweep_platform/placement.py
     [ -n "$NUM_GPUS" ] && head_args+=(--num-gpus="$NUM_GPUS")
     log "starting Ray head: GCS 127.0.0.1:$GCS_PORT, dashboard http://$HOST:$DASH_PORT, $NUM_CPUS CPUs"
     # jobs submitted without a working_dir run in the head's cwd: an empty folder, so nothing there shadows a package
     (cd "$RUN_DIR/cwd" && detach "$LOG_DIR/ray-head.log" "$PID_DIR/ray-head.pid" \
-        "$PY" -m ray.scripts.scripts start "${head_args[@]}" "${ray_common[@]}")
+        env BINSWEEP_HOME="$(node_home head)" "$PY" -m ray.scripts.scripts start "${head_args[@]}" "${ray_common[@]}")
     started+=("$PID_DIR/ray-head.pid")
 fi
 
@@ -324,30 +415,50 @@ head_up() { [ "$(http_status "http://$HOST:$DASH_PORT/api/gcs_healthz")" = 200 ]
 wait_for "Ray head" "$PID_DIR/ray-head.pid" 120 head_up
 ln -sfn "$RAY_TMP/session_latest/logs" "$LOG_DIR/ray"
 
-if [ "$WORKERS" -gt 0 ]; then
-    for i in $(seq 1 "$WORKERS"); do
-        pidfile="$PID_DIR/ray-worker-$i.pid"
-        if [ -n "$(pid_from "$pidfile" "ray.scripts.scripts start --address")" ]; then
-            log "Ray worker $i already running"
-            continue
-        fi
-        : >"$LOG_DIR/ray-worker-$i.log"
-        log "starting Ray worker node $i ($WORKER_CPUS CPUs)"
-        # One machine, several raylets: the node-manager, object-manager and agent gRPC ports are random; only the
-        # agent's HTTP port has a fixed default (52365), so each node gets its own. Each node also gets its own temp
-        # dir: in a shared one, a node that holds no reference to a job's working_dir package garbage-collects the
-        # unpacked copy that a job on another node is running from (seen: the sweep driver lost its own files).
-        mkdir -p "$RAY_TMP-w$i"
-        chmod 700 "$RAY_TMP-w$i"
-        (cd "$RUN_DIR/cwd" && detach "$LOG_DIR/ray-worker-$i.log" "$pidfile" \
-            "$PY" -m ray.scripts.scripts start --address="$HOST:$GCS_PORT" --num-cpus="$WORKER_CPUS" --num-gpus=0 \
-            --dashboard-agent-listen-port="$((AGENT_PORT + i))" --temp-dir="$RAY_TMP-w$i" "${ray_common[@]}")
-        started+=("$pidfile")
+# start_worker I: Ray worker node I, "w<I>" (its label binsweep-node, its own temp dir and, with --node-homes, home).
+# One machine, several raylets: the node-manager, object-manager and agent gRPC ports are random; only the agent's
+# HTTP port has a fixed default (52365), so each node gets its own. Each node also gets its own temp dir: in a shared
+# one, a node that holds no reference to a job's working_dir package garbage-collects the unpacked copy that a job on
+# another node is running from (seen: the sweep driver lost its own files).
+start_worker() {
+    local i="$1" pidfile="$PID_DIR/ray-worker-$1.pid"
+    if [ -n "$(pid_from "$pidfile" "ray.scripts.scripts start --address")" ]; then
+        log "Ray worker $i already running"
+        return 0
+    fi
+    : >"$LOG_DIR/ray-worker-$i.log"
+    log "starting Ray worker node w$i ($WORKER_CPUS CPUs, $WORKER_GPUS GPUs)"
+    mkdir -p "$RAY_TMP-w$i"
+    chmod 700 "$RAY_TMP-w$i"
+    (cd "$RUN_DIR/cwd" && detach "$LOG_DIR/ray-worker-$i.log" "$pidfile" \
+        env BINSWEEP_HOME="$(node_home "w$i")" \
+        "$PY" -m ray.scripts.scripts start --address="$HOST:$GCS_PORT" --num-cpus="$WORKER_CPUS" \
+        --num-gpus="$WORKER_GPUS" --labels="binsweep-node=w$i" --dashboard-agent-listen-port="$((AGENT_PORT + i))" \
+        --temp-dir="$RAY_TMP-w$i" "${ray_common[@]}")
+    started+=("$pidfile")
+}
+worker_up() { grep -q "Ray runtime started" "$LOG_DIR/ray-worker-$1.log" 2>/dev/null; }
+
+if [ "$ADD_WORKERS" -gt 0 ]; then
+    # numbered after every worker this cluster ever had (a killed node keeps its name and its logs)
+    last=0
+    for f in "$PID_DIR"/ray-worker-*.pid; do
+        [ -e "$f" ] || continue
+        n="$(basename "$f" .pid)"; n="${n#ray-worker-}"
+        [ "$n" -gt "$last" ] && last="$n"
     done
-    for i in $(seq 1 "$WORKERS"); do
-        worker_up() { grep -q "Ray runtime started" "$LOG_DIR/ray-worker-$1.log" 2>/dev/null; }
-        wait_for "Ray worker $i" "$PID_DIR/ray-worker-$i.pid" 120 worker_up "$i"
-    done
+    WORKERS_TO_START="$(seq $((last + 1)) $((last + ADD_WORKERS)))"
+elif [ "$WORKERS" -gt 0 ]; then
+    WORKERS_TO_START="$(seq 1 "$WORKERS")"
+else
+    WORKERS_TO_START=""
+fi
+for i in $WORKERS_TO_START; do start_worker "$i"; done
+for i in $WORKERS_TO_START; do wait_for "Ray worker $i" "$PID_DIR/ray-worker-$i.pid" 120 worker_up "$i"; done
+if [ "$ADD_WORKERS" -gt 0 ]; then
+    log "added worker nodes: $(printf 'w%s ' $WORKERS_TO_START)"
+    cat "$ENV_FILE"
+    exit 0
 fi
 
 if [ "$WITH_MLFLOW" = 1 ]; then
@@ -364,7 +475,21 @@ fi
     [ "$WITH_MLFLOW" = 1 ] && echo "export MLFLOW_TRACKING_URI=$MLFLOW_URI"
     echo "export BINSWEEP_HOME=$BINSWEEP_HOME"
     echo "export BINSWEEP_RAY_STORAGE=$STORAGE"
+    if [ "$S3" = 1 ]; then
+        for v in AWS_ENDPOINT_URL MLFLOW_S3_ENDPOINT_URL AWS_DEFAULT_REGION AWS_REGION AWS_EC2_METADATA_DISABLED \
+                 AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY; do
+            echo "export $v=${!v}"
+        done
+    fi
 } >"$ENV_FILE"
+{
+    echo "# written by the first cluster/local/start.sh; --add-workers reads it"
+    for v in S3 S3_PORT S3_BUCKET NODE_HOMES GCS_PORT DASH_PORT CLIENT_PORT AGENT_PORT WORKER_CPUS WORKER_GPUS NUM_CPUS NUM_GPUS \
+             MAX_WORKERS OBJECT_STORE_MB WITH_MLFLOW MLFLOW_PORT; do
+        printf '%s=%q\n' "$v" "${!v}"
+    done
+    printf 'BINSWEEP_RAY_STORAGE=%q\n' "$STORAGE"
+} >"$CLUSTER_CONF"
 log "up: Ray dashboard http://$HOST:$DASH_PORT (token in ~/.ray/auth_token)$([ "$WITH_MLFLOW" = 1 ] && echo ", MLflow $MLFLOW_URI ($BACKEND_NAME)")"
 log "the exports below are also in $ENV_FILE"
 cat "$ENV_FILE"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop the local binsweep cluster that cluster/local/start.sh started for this BINSWEEP_HOME: extra Ray workers, the
-# Ray head, the MLflow server and the private PostgreSQL cluster. Idempotent. It ends only the processes recorded in
+# Ray head, the MLflow server, the S3 server and the private PostgreSQL cluster. Idempotent. It ends only the processes recorded in
 # $BINSWEEP_HOME/runs/cluster/pids (each the leader of its own session, so together with what it spawned) and never
 # calls `ray stop`, which would kill every Ray process on the machine, other users' and tests' included.
 set -euo pipefail
@@ -56,6 +56,7 @@ for f in "$PID_DIR"/ray-worker-*.pid; do
 done
 stop_session "Ray head" "$PID_DIR/ray-head.pid" "ray.scripts.scripts start --head" 20
 stop_session "MLflow server" "$PID_DIR/mlflow.pid" "mlflow server" 10
+stop_session "S3 server" "$PID_DIR/s3.pid" "moto.server" 10
 
 if [ -f "$PG_DIR/data/PG_VERSION" ]; then
     if PG_BIN="$(pg_bin_dir)" && as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; then
