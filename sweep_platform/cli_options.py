@@ -34,9 +34,6 @@ SweepNameOpt = Annotated[Optional[str], typer.Option(
     "--name", help="Name of the new sweep: the Ray experiment, the Optuna study and the MLflow parent run (default: "
     "the file's name plus a timestamp, e.g. bast_smoke-1122-153012).")]
 SweepOpt = Annotated[Optional[str], typer.Option("--sweep", help="Sweep name (default: the most recent sweep).")]
-MetricOpt = Annotated[Optional[str], typer.Option(
-    help="Ranking metric, e.g. test_mse or val_loss (default: the trainable's first test metric, falling back to "
-    "the best validation epoch for trials without one).")]
 
 TrainableArg = Annotated[str, typer.Argument(help="Installed trainable, e.g. bast (`binsweep trainables` lists them).")]
 TrainableOpt = Annotated[Optional[str], typer.Option("--trainable", help="Only sweeps of this trainable, e.g. bast.")]

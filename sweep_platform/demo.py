@@ -81,16 +81,17 @@ def _executable(name: str) -> str:
         return str(exe)
 
 
-def ui_hints() -> list[str]:
-    """How to browse what the demo wrote: the MLflow UI on its store, optuna-dashboard on the study storage."""
+def ui_hints(experiment_id: str | None = None) -> list[str]:
+    """How to browse what the demo wrote: the MLflow UI on its store (the experiment's runs, in the model-training
+    view), optuna-dashboard on the study storage."""
     from sweep_platform.storage import optuna_storage
 
     uri = tracking.tracking_uri()
     if uri == tracking.embedded_uri():
         mlflow_line = (f"MLflow UI:        {_executable('mlflow')} ui --backend-store-uri {shlex.quote(uri)} "
-                       "--host 127.0.0.1 --port 5000   then open http://127.0.0.1:5000")
+                       f"--host 127.0.0.1 --port 5000   then open {tracking.ui_link('http://127.0.0.1:5000', experiment_id)}")
     else:
-        mlflow_line = f"MLflow UI:        open {tracking.redact(uri)}"
+        mlflow_line = f"MLflow UI:        open {tracking.ui_link(tracking.redact(uri), experiment_id)}"
     storage = optuna_storage()
     return [mlflow_line,
             f"optuna-dashboard: {_executable('optuna-dashboard')} {shlex.quote(tracking.redact(storage))} "
@@ -126,6 +127,7 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
         say("[red]no trial succeeded; nothing to promote[/red]")
         return 1
 
+    outcome_experiment = tracking.client().get_run(outcome.parent_run_id).info.experiment_id
     say("\n[bold]2/4 leaderboard[/bold] (from MLflow)")
     rows = lb.leaderboard(name)
     say(lb.to_table(rows, title=f"sweep {name}"))
@@ -138,8 +140,11 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
         result = promote(name, model_name=registered, say=say)
         say(("promoted: " if result.promoted else "kept: ") + result.message)
     except PromotionRefused as exc:
-        say(f"[red]promotion refused:[/red] {escape(exc.reason)}")
-        return 2
+        if not _has_alias(registered, "champion"):
+            say(f"[red]promotion refused:[/red] {escape(exc.reason)}")
+            return 2
+        # a demo run again: the gate kept the champion of an earlier run, which the demo goes on with
+        say(f"kept: {escape(exc.reason)}")
     model_uri = f"models:/{registered}@champion"
 
     say(f"\n[bold]4/4 predict[/bold] {clips} held-out test clips with {model_uri}")
@@ -159,11 +164,19 @@ def run_demo(sweep_file: Path, name: str | None, *, clips: int, model_name: str 
         f"try: binsweep predict {model_uri} {shlex.quote(str(written[0].path))}")
 
     say("\n[bold]browse it[/bold]")
-    for line in ui_hints():
+    for line in ui_hints(outcome_experiment):
         say("  " + line)
     say(f"  leaderboard:      binsweep leaderboard --sweep {name} --compare-paper")
     say(f"  report:           binsweep report {name} -o report.html")
     return 0
+
+
+def _has_alias(model_name: str, alias: str) -> bool:
+    try:
+        tracking.client().get_model_version_by_alias(model_name, alias)
+        return True
+    except Exception:  # noqa: BLE001 - no such model or alias
+        return False
 
 
 def _ray_address() -> str | None:

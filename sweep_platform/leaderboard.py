@@ -2,36 +2,41 @@
 
 A sweep is one parent run (tag `binsweep.role` = sweep, `binsweep.sweep_id` = its name) with one child run per trial
 (`mlflow.parentRunId`). `leaderboard` turns the children into one dict per trial: rank, run, the parameters that
-matter (the trainable's `key_params`, then those that vary across the trials), the ranking metric, the trainable's
-`test_metrics`, epochs, GPU hours, state and, for failed trials, the error. The format functions render those rows as
-a rich table, CSV, JSON or markdown; `binsweep report` and `binsweep promote` reuse the same rows.
+matter (the trainable's `key_params`, the sweep file's searched parameters, then those that vary across the trials),
+the ranking metric, the sweep's objective, the trainable's `test_metrics`, epochs, wall time, GPU hours, state and,
+for failed trials, the error. The format functions render those rows as a rich table, CSV, JSON or markdown;
+`binsweep report`, `binsweep promote`, the sweep driver and the demo reuse the same rows.
 
 Everything trainable-specific comes from its TrainableSpec; a sweep of a trainable that is no longer installed still
-lists, ranked by `test_loss` (or the best epoch of `val_loss`).
+lists, ranked by its sweep file's metric (or `val_loss`).
 
-Ranking metric: by default the trainable's first test metric (e.g. `test_ad_deg`), falling back, for a trial without
-one (stopped early, still running), to the best value over epochs of the matching validation metric
-(`val_ad_deg`); the row says which (`value_source`). A per-epoch metric named explicitly (`--metric val_loss`) is
-its best epoch. Lower is better except for throughput (`samples_per_s`). Trials without any value come after the
-ranked ones; failed trials come last.
+Ranking metric: by default the sweep's own objective (the sweep file's `metric`/`mode`, e.g. `val_ad_deg`, min),
+each trial's best validation epoch; the trainable's test metric (`test_ad_deg`) is shown beside it but never chosen
+by, because the test split is for reporting and for the promotion gate. `--metric` ranks by another: a test metric
+(falling back, for a trial without one, to the best epoch of the matching validation metric; the row says which in
+`value_source`) or any per-epoch metric (its best epoch). Lower is better except for throughput (`samples_per_s`)
+unless the sweep file says otherwise for its objective. Trials without any value come after the ranked ones; failed
+trials come last.
+
+How the rows are shown (columns, the table, CSV, JSON, markdown, the one number formatter): leaderboard_format,
+whose names this module re-exports.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sweep_platform import names, tracking
 from sweep_platform.errors import SweepNotFoundError
+from sweep_platform.leaderboard_format import (  # noqa: F401 - re-exported: callers use lb.to_table, lb.format_value
+    FORMATS, TABLE_WIDTH, Column, abbreviate, columns, default_metric, failed_lines, format_duration, format_param,
+    format_value, is_fallback, is_rate, natural_width, ranked_by, render, test_metrics, to_csv, to_json, to_markdown,
+    to_table, trainable_spec, typed)
 
 MAX_METRICS = frozenset({"samples_per_s"})  # higher is better; everything else in design.md is lower-is-better
-FORMATS = ("table", "csv", "json", "markdown")
 # A run without a state tag (logged by hand, or by an older binsweep): its MLflow status says it.
 _STATUS_STATE = {"FINISHED": names.COMPLETED, "FAILED": names.FAILED, "KILLED": names.STOPPED,
                  "RUNNING": names.RUNNING, "SCHEDULED": names.RUNNING}
@@ -48,55 +53,53 @@ class SweepRef:
     trainable: str
     start_time: int
 
-    def objective(self) -> tuple[str, str]:
-        """(metric, mode) the sweep optimised, from its `sweep.yaml` artifact; the trainable's primary otherwise."""
+    def sweep_file(self) -> dict[str, Any]:
+        """The sweep file the sweep ran (its `sweep.yaml` artifact) as a dict; {} when there is none or it cannot be
+        read."""
         import os
 
         import yaml
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        c = tracking.client()
         try:
             with tempfile.TemporaryDirectory(prefix="binsweep-sweepyaml-") as d:
-                data = yaml.safe_load(Path(c.download_artifacts(self.run_id, "sweep.yaml", d)).read_text()) or {}
+                path = tracking.client().download_artifacts(self.run_id, "sweep.yaml", d)
+                data = yaml.safe_load(Path(path).read_text())
+        except Exception:  # noqa: BLE001 - no or unreadable sweep.yaml: the callers fall back to the trainable's
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def objective(self, sweep_file: dict[str, Any] | None = None) -> tuple[str, str]:
+        """(metric, mode) the sweep optimised, from its `sweep.yaml` artifact; the trainable's primary otherwise."""
+        data = self.sweep_file() if sweep_file is None else sweep_file
+        try:
             objectives = data.get("objectives") or []
             if objectives:
                 return str(objectives[0]["metric"]), str(objectives[0].get("mode") or "min")
             if data.get("metric"):
                 return str(data["metric"]), str(data.get("mode") or "min")
-        except Exception:  # noqa: BLE001 - no or unreadable sweep.yaml: fall back to the trainable's own metric
+        except (AttributeError, KeyError, TypeError, IndexError):  # a malformed file: the trainable's own metric
             pass
         return primary_metric(self.trainable)
 
 
-def trainable_spec(trainable: str):
-    """The sweep's TrainableSpec, or None when that trainable is no longer installed (its sweeps still list)."""
-    from trainables.registry import TrainableNotFoundError, get_trainable
-
-    try:
-        return get_trainable(trainable)
-    except TrainableNotFoundError:
-        return None
+def space_params(sweep_file: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(searched, log-scaled): the sweep file's parameters that are searched (choice, int or float; in the file's
+    order) and those of them sampled on a log scale."""
+    space = sweep_file.get("space") if isinstance(sweep_file, dict) else None
+    searched, log = [], []
+    for key, p in (space or {}).items() if isinstance(space, dict) else ():
+        if isinstance(p, dict) and {"choice", "int", "float"} & set(p):
+            searched.append(str(key))
+            if p.get("log") is True:
+                log.append(str(key))
+    return searched, log
 
 
 def primary_metric(trainable: str) -> tuple[str, str]:
     """The trainable's validation metric and its mode (the metric a sweep optimises unless it says otherwise)."""
     spec = trainable_spec(trainable)
     return (spec.primary_metric, spec.mode) if spec else ("val_loss", "min")
-
-
-def test_metrics(trainable: str) -> tuple[str, ...]:
-    """The test metrics every leaderboard of the trainable shows; the first ranks by default."""
-    spec = trainable_spec(trainable)
-    return spec.test_metrics if spec else ()
-
-
-def default_metric(trainable: str) -> str:
-    spec = trainable_spec(trainable)
-    if spec is not None:
-        return spec.default_test_metric
-    val, _ = primary_metric(trainable)
-    return "test_" + val[4:] if val.startswith("val_") else val
 
 
 def metric_mode(metric: str) -> str:
@@ -194,11 +197,13 @@ def metric_value(run, metric: str, mode: str | None = None) -> tuple[float | Non
     return (float(v), f"{metric} (best epoch)") if v is not None else (None, None)
 
 
-def key_params(runs: list, trainable: str) -> list[str]:
-    """Parameters shown: the trainable's always-shown ones present in the runs, then those that vary, sorted."""
+def key_params(runs: list, trainable: str, searched: Sequence[str] = ()) -> list[str]:
+    """Parameters shown: the trainable's always-shown ones present in the runs, then the sweep's searched ones (in
+    its file's order) present in the runs, then the others that vary, sorted."""
     all_keys = sorted({k for r in runs for k in r.data.params})
     spec = trainable_spec(trainable)
     first = [k for k in (spec.key_params if spec else ()) if k in all_keys]
+    first += [k for k in searched if k in all_keys and k not in first]
     varying = []
     for k in all_keys:
         if k in first:
@@ -209,28 +214,48 @@ def key_params(runs: list, trainable: str) -> list[str]:
     return first + varying
 
 
+def _wall_s(run) -> float | None:
+    """The trial's wall time: its `wall_s` metric (the sweep callback's, over all its sessions), else end - start."""
+    v = run.data.metrics.get("wall_s")
+    if tracking.is_number(v):
+        return float(v)
+    start, end = run.info.start_time, run.info.end_time
+    return (end - start) / 1000 if start and end and end >= start else None
+
+
 def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = None, top: int | None = None,
                 trainable: str | None = None, compare_paper: bool = False, mode: str | None = None
                 ) -> list[dict[str, Any]]:
     """One dict per trial of the sweep (default: the most recent sweep), best first, failed trials last.
 
-    Keys: rank (None when unranked), sweep, trial, run_name, run_id, state, params (the key parameters), metric,
-    value, value_source, metrics (every test_* metric of the run), epochs, gpu_hours, error, and with
-    compare_paper the columns of the trainable's PaperReference (e.g. paper_ad_deg / paper_mse for BAST, matched
-    from the trial's params), when it has one.
-    `mode` (min or max) overrides the metric's usual direction.
+    Ranked by `metric` (default: the sweep's objective, each trial's best validation epoch) in `mode` (min or max;
+    default: the sweep file's mode for its objective, else the metric's usual direction).
+
+    Keys: rank (None when unranked), sweep, trainable, trial, run_name, run_id, state, params (the key parameters),
+    metric, mode, value, value_source, objective and objective_value (the sweep's metric and the trial's best epoch
+    of it), metrics (every test_* metric of the run), epochs, wall_s, gpu_hours, error, dataset_fingerprint,
+    searched_params and log_params (the sweep file's searched and log-scaled parameters), and with compare_paper the
+    columns of the trainable's PaperReference (e.g. paper_ad_deg / paper_mse for BAST, matched from the trial's
+    params), when it has one.
     """
     ref = sweep if isinstance(sweep, SweepRef) else find_sweep(sweep, trainable)
     runs = trial_runs(ref)
-    metric = metric or default_metric(ref.trainable)
-    mode = mode or metric_mode(metric)
-    keys = key_params(runs, ref.trainable)
+    sweep_file = ref.sweep_file()
+    objective, objective_mode = ref.objective(sweep_file)
+    searched, log_params = space_params(sweep_file)
+    metric = metric or objective
+    mode = mode or (objective_mode if metric == objective else metric_mode(metric))
+    keys = key_params(runs, ref.trainable, searched)
     paper = getattr(trainable_spec(ref.trainable), "paper", None) if compare_paper else None
     rows = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         state = run_state(run)
         value, source = metric_value(run, metric, mode)
+        if objective == metric:
+            objective_value = value
+        else:
+            objective_value, _ = metric_value(run, objective, objective_mode)
         epochs = metrics.get("epoch")
         row: dict[str, Any] = {
             "rank": None,
@@ -242,13 +267,19 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
             "state": state,
             "params": {k: params.get(k) for k in keys},
             "metric": metric,
+            "mode": mode,
             "value": value,
             "value_source": source,
+            "objective": objective,
+            "objective_value": objective_value,
             "metrics": {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test_") and tracking.is_number(v)},
             "epochs": int(epochs) if tracking.is_number(epochs) else None,
+            "wall_s": _wall_s(run),
             "gpu_hours": float(metrics["gpu_hours"]) if tracking.is_number(metrics.get("gpu_hours")) else None,
             "error": tags.get(names.TAG_ERROR) if state == names.FAILED else None,
             "dataset_fingerprint": tags.get(names.TAG_DATASET),
+            "searched_params": [k for k in searched if k in keys],
+            "log_params": [k for k in log_params if k in keys],
         }
         if paper is not None:
             values = paper.lookup(params) or {}
@@ -268,137 +299,3 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
             rank += 1
             row["rank"] = rank
     return rows[:top] if top else rows
-
-
-# ------------------------------------------------------------------------------------------------------ formats
-
-
-def format_value(v: Any) -> str:
-    """A metric or parameter value as every table shows it: 4 significant digits, small numbers readable."""
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"
-    return str(v)
-
-
-def columns(rows: list[dict]) -> list[tuple[str, Any]]:
-    """(header, row -> value) for every column a rendering shows, in order."""
-    if not rows:
-        return []
-    first = rows[0]
-    metric = first["metric"]
-    param_keys = list(first["params"])
-    extra = [m for m in test_metrics(first.get("trainable", ""))
-             if m != metric and any(m in r["metrics"] for r in rows)]
-    cols: list[tuple[str, Any]] = [
-        ("rank", lambda r: r["rank"]),
-        ("trial", lambda r: r["trial"]),
-        ("run", lambda r: f"{r['run_name']} ({r['run_id'][:8]})"),
-    ]
-    cols += [(k, lambda r, k=k: r["params"].get(k)) for k in param_keys]
-    cols.append((metric, lambda r: r["value"]))
-    if any(r["value_source"] not in (None, metric) for r in rows):
-        cols.append(("from", lambda r: r["value_source"] if r["value_source"] != metric else ""))
-    cols += [(m, lambda r, m=m: r["metrics"].get(m)) for m in extra]
-    cols += [(k, lambda r, k=k: r.get(k)) for k in first if k.startswith("paper_")]
-    cols += [("epochs", lambda r: r["epochs"]), ("gpu_hours", lambda r: r["gpu_hours"]),
-             ("state", lambda r: r["state"]), ("error", lambda r: r["error"])]
-    if not any(r["error"] for r in rows):
-        cols.pop()
-    return cols
-
-
-def _short(text: Any, width: int = 100) -> str:
-    s = " ".join(format_value(text).split())
-    return s if len(s) <= width else s[: width - 1] + "…"
-
-
-def to_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    cols = columns(rows)
-    writer.writerow([h for h, _ in cols])
-    for r in rows:
-        writer.writerow(["" if (v := get(r)) is None else (repr(v) if isinstance(v, float) else str(v))
-                         for _, get in cols])
-    return out.getvalue()
-
-
-def to_json(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=2, default=str)
-
-
-def to_markdown(rows: list[dict]) -> str:
-    cols = columns(rows)
-    if not cols:
-        return "(no trials)\n"
-
-    def cell(v) -> str:
-        return _short(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(h for h, _ in cols) + " |",
-             "|" + "|".join("---:" if numeric_column(h, rows[0]["metric"]) else "---" for h, _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(get(r)) for _, get in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _short_headers(headers: list[str]) -> dict[str, str]:
-    """model.sharing -> sharing, loss.name -> loss, wherever the short name stays unique among the headers."""
-
-    def short(h: str) -> str:
-        if "." not in h:
-            return h
-        first, last = h.split(".")[0], h.rsplit(".", 1)[-1]
-        return first if last == "name" else last
-
-    shorts = [short(h) for h in headers]
-    return {h: (s if shorts.count(s) == 1 else h) for h, s in zip(headers, shorts)}
-
-
-def numeric_column(header: str, metric: str) -> bool:
-    return header in ("rank", "epochs", "gpu_hours", metric) or header.startswith(("test_", "paper_"))
-
-
-def to_table(rows: list[dict], title: str | None = None):
-    """A rich Table for a terminal: short headers; run ids and errors left out (`failed_lines` lists the errors);
-    a value from the best validation epoch is marked "(val)"."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    metric = rows[0]["metric"] if rows else ""
-    cols = [(h, get) for h, get in columns(rows) if h not in ("run", "error", "from")]
-    short = _short_headers([h for h, _ in cols])
-    for h, _ in cols:
-        table.add_column(short[h], justify="right" if numeric_column(h, metric) else "left", overflow="fold",
-                         min_width=min(len(short[h]), 12))
-
-    def cell(r, h, get) -> str:
-        text = _short(get(r), 40)
-        if h == metric and r["value"] is not None and r["value_source"] != metric:
-            text += " (val)"
-        return text
-
-    for r in rows:
-        table.add_row(*[cell(r, h, get) for h, get in cols], style="red" if r["state"] == names.FAILED else None)
-    return table
-
-
-def failed_lines(rows: list[dict]) -> list[str]:
-    """`trial N (run): error` for every failed trial."""
-    return [f"trial {r['trial']} ({r['run_name']}, {r['run_id'][:8]}): {r['error'] or 'no error recorded'}"
-            for r in rows if r["state"] == names.FAILED]
-
-
-def render(rows: list[dict], fmt: str) -> str:
-    """csv, json or markdown as text (the table format is `to_table`)."""
-    if fmt == "csv":
-        return to_csv(rows)
-    if fmt == "json":
-        return to_json(rows)
-    if fmt == "markdown":
-        return to_markdown(rows)
-    raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")

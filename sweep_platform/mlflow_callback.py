@@ -34,6 +34,7 @@ from sweep_platform import names, storage, tracking
 from sweep_platform.names import (TAG_BEST_CHECKPOINT, TAG_ERROR, TAG_EVAL_ERROR, TAG_RESTARTS, TAG_RESUMED_FROM,
                                   TAG_STATE, TAG_TRAIN_NAME)
 from sweep_platform.trial import SweepContext, count_params_m, end_state, trial_error, trial_model_config
+from trainables import datastore
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class MlflowSweepCallback(Callback):
             metrics = [Metric("params_m", params_m, int(time.time() * 1000), 0)] if params_m is not None else []
             tracking.with_retries(lambda: c.log_batch(rec["run_id"], metrics=metrics,
                                                       params=[Param(k, v) for k, v in params.items()]), "params")
+            root = (config.get("data") or {}).get("root")
+            tracking.log_dataset(rec["run_id"], datastore.normalize(root) if root else None, rt["fingerprint"])
         return rec
 
     # -- Tune hooks ------------------------------------------------------------------------------------------

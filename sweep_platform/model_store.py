@@ -2,7 +2,8 @@
 version) or a checkpoint folder written by trainables.loop.
 
 `load_model` is the one way in: a `models:/...` or `runs:/...` URI or a checkpoint folder becomes the model and the
-trainable config it was trained with (from the run's params for an MLflow model, from config.json for a checkpoint).
+trainable config it was trained with (from the model directory's binsweep.json for an MLflow model, weights only, see
+model_package; from the run's params for one pickled by an older binsweep; from config.json for a checkpoint).
 The trainable is known from the source itself (the run's `binsweep.trainable` tag, the checkpoint's config.json), so
 a caller names it only to insist on one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,16 +173,35 @@ def _mlflow_origin(uri: str, trainable: str | None) -> tuple[TrainableSpec, dict
     return get_trainable(name), dict(run.data.params)
 
 
-def _mlflow_model(uri: str, device: str):
-    import mlflow.pytorch
+def _mlflow_model(uri: str, spec: TrainableSpec, device: str) -> tuple[Any, BaseModel | None]:
+    """(the module in eval mode on `device`, its config) of the MLflow model at `uri`, rebuilt from its weights and
+    config.json as the served model does (model_package); the config is None for a model logged pickled by an older
+    binsweep (mlflow.pytorch, serialization_format="pickle"), which still loads, by unpickling: only from a store
+    you trust, as before."""
+    import mlflow
+
+    from sweep_platform import model_package
 
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     tracking.client()  # sets the tracking URI for the fluent API
-    try:
-        model = mlflow.pytorch.load_model(uri, map_location=device)
-    except Exception as exc:  # noqa: BLE001 - unpickling, missing files, bad URI: all the same failure
-        raise ModelLoadError(uri, describe_error(exc)) from exc
-    return model.eval()
+    with tempfile.TemporaryDirectory(prefix="binsweep-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            if model_package.is_served_format(local):
+                made_by = model_package.read(local).get("trainable")
+                if made_by != spec.name:
+                    raise ModelLoadError(uri, f"its directory says it is a {made_by} model, not {spec.name}")
+                return model_package.load(spec, local, device)
+            flavors = mlflow.models.Model.load(local).flavors
+            if "pytorch" not in flavors:
+                raise ModelLoadError(uri, f"not a binsweep model (flavors: {', '.join(sorted(flavors))})")
+            import mlflow.pytorch
+
+            return mlflow.pytorch.load_model(local, map_location=device).eval(), None
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - truncated weights, missing files, bad URI: the same failure
+            raise ModelLoadError(uri, describe_error(exc)) from exc
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -256,7 +277,9 @@ def load_model(source: str, trainable: str | None = None, device: str = "cpu",
         except Exception as exc:  # noqa: BLE001 - a truncated state.pt, a config or weights of another version
             raise ModelLoadError(source, describe_error(exc)) from exc
         return model, config
-    model = _mlflow_model(source, device)
+    model, config = _mlflow_model(source, spec, device)
+    if config is not None:  # the validated config the model directory holds
+        return model, config
     try:
         config = config_from_params(spec, params)
     except Exception as exc:  # noqa: BLE001 - a ValidationError, or a param that no longer parses

@@ -46,6 +46,9 @@ TAG_RUN = "binsweep.run_id"
 TAG_SELECTION_METRIC = "binsweep.selection_metric"
 TAG_COMPARED_WITH = "binsweep.compared_with"
 TAG_PAIRED_TEST = "binsweep.paired_test"
+TAG_GATE = "binsweep.gate"  # how the version took the alias: "first champion", "passed" or "forced"
+TAG_FORCED = "binsweep.forced"  # "true" when --force overrode a refusal of the gate
+TAG_FORCED_REASON = "binsweep.forced_reason"  # what --force overrode (the refusals, "; "-joined)
 
 # -- Ray job metadata (binsweep submit)
 JOB_SWEEP = "binsweep.sweep"

@@ -23,7 +23,7 @@ def find(name: str):
 
 
 def create(name: str, spec: SweepSpec, *, sweep_file: str, concurrency: int, optuna_storage: str,
-                      fingerprint: str) -> tuple[str, str]:
+           fingerprint: str, dataset_root=None) -> tuple[str, str]:
     """(experiment id, run id) of the sweep's new parent run, with its settings, sweep.yaml and space.txt; run as a
     Ray job (`binsweep submit`, `ray job submit`), it also names the job's submission id and the dashboard."""
     from mlflow.entities import Param
@@ -37,6 +37,7 @@ def create(name: str, spec: SweepSpec, *, sweep_file: str, concurrency: int, opt
         names.TAG_GIT: tracking.git_sha(), names.TAG_DATASET: fingerprint, names.TAG_STATE: names.RUNNING,
         **running_job()})
     run_id = run.info.run_id
+    tracking.log_dataset(run_id, dataset_root, fingerprint)
     s, r, sch = spec.sampler, spec.resources, spec.scheduler
     params = {
         "trainable": spec.trainable, "dataset": spec.dataset, "sweep_file": spec.source,
@@ -70,3 +71,28 @@ def state(parent_run_id: str) -> str:
     """finished, failed or interrupted (the parent's binsweep.state), as the last session left it."""
     run = tracking.with_retries(lambda: tracking.client().get_run(parent_run_id), "sweep run")
     return run.data.tags.get(names.TAG_STATE, "unknown") if run is not None else "unknown"
+
+
+def log_leaderboard(parent_run_id: str, rows: list[dict]) -> None:
+    """The sweep's leaderboard on its parent run as an MLflow table (leaderboard.json: the UI's artifact view shows it
+    as a sortable table), one row per trial: rank, trial, state, the ranking metric, test metrics, key parameters."""
+    if not rows:
+        return
+    columns: dict[str, list] = {}
+    flat = []
+    for row in rows:
+        out = {k: row.get(k) for k in ("rank", "trial", "state", "epochs")}
+        out[row.get("metric") or "value"] = row.get("value")
+        out.update(row.get("metrics") or {})
+        out.update({f"params.{k}": v for k, v in (row.get("params") or {}).items()})
+        out["run_id"] = row.get("run_id")
+        flat.append(out)
+    for out in flat:  # every column in every row (MLflow tables are columnar)
+        for k in out:
+            columns.setdefault(k, [])
+    for out in flat:
+        for k in columns:
+            columns[k].append(out.get(k))
+    c = tracking.client()
+    tracking.with_retries(lambda: c.log_table(parent_run_id, data=columns, artifact_file="leaderboard.json"),
+                          "leaderboard table")

@@ -126,7 +126,7 @@ def metric_vs_param_png(rows: list[dict], param: str) -> bytes | None:
     import numpy as np
 
     plt = _pyplot()
-    pts = [(r["params"].get(param), r["value"], r["value_source"] == r["metric"], r["rank"] == 1)
+    pts = [(r["params"].get(param), r["value"], not lb.is_fallback(r), r["rank"] == 1)
            for r in rows if r["value"] is not None and r["params"].get(param) is not None]
     if len({p[0] for p in pts}) < 2:
         return None
@@ -150,11 +150,11 @@ def metric_vs_param_png(rows: list[dict], param: str) -> bytes | None:
     ax.scatter(xs[test], ys[test], color="#4c72b0", label=metric, zorder=2)
     if (~test).any():
         ax.scatter(xs[~test], ys[~test], facecolors="none", edgecolors="#4c72b0",
-                   label="validation (best epoch)", zorder=2)
+                   label=f"best validation epoch (no {metric})", zorder=2)
     if best.any():
         ax.scatter(xs[best], ys[best], marker="*", s=220, color="#dd8452", label="best", zorder=3)
     ax.set_xlabel(param)
-    ax.set_ylabel(f"{metric} (lower is better)" if lb.metric_mode(metric) == "min" else metric)
+    ax.set_ylabel(f"{metric} ({'lower' if rows[0].get('mode', 'min') == 'min' else 'higher'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _figure_png(fig)
@@ -210,14 +210,15 @@ img{max-width:100%} .grid img{max-width:520px} pre{background:#f7f7f7;padding:.8
 
 
 def _leaderboard_html(rows: list[dict]) -> str:
+    """Every leaderboard column, numbers as the terminal table writes them (`lb.format_value`: 4 significant
+    digits, learning rates and log-scaled parameters in scientific notation)."""
     cols = lb.columns(rows)
     if not cols:
         return '<p class="note">no trials</p>'
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in cols)
+    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in cols)
     body = []
     for r in rows:
-        cells = "".join(f'<td{" class=num" if lb.numeric_column(h, rows[0]["metric"]) else ""}>'
-                        f"{html.escape(lb.format_value(get(r)))}</td>" for h, get in cols)
+        cells = "".join(f'<td{" class=num" if c.numeric else ""}>{html.escape(c.text(r))}</td>' for c in cols)
         body.append(f'<tr{" class=failed" if r["state"] == names.FAILED else ""}>{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -243,9 +244,9 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
         f"MLflow <code>{e(tracking.redact(tracking.tracking_uri()))}</code> · "
         f"generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
         "<h2>Leaderboard</h2>",
-        f'<p class="note">ranked by {e(rows[0]["metric"] if rows else metric or "")}, lower is better'
+        f'<p class="note">ranked by {e(lb.ranked_by(rows) if rows else metric or "")}'
         + ("; a value marked in <i>from</i> is the best validation epoch of a trial without a test score" if any(
-            r["value_source"] not in (None, r["metric"]) for r in rows) else "")
+            lb.is_fallback(r) for r in rows) else "")
         + "; failed trials last.</p>",
         _leaderboard_html(rows),
     ]
@@ -255,7 +256,8 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
     parts.append("<h2>Parameter importances</h2>")
     importances, note = param_importances(ref.name, storage)
     if importances:
-        table = "".join(f"<tr><td>{e(k)}</td><td class=num>{v:.3f}</td></tr>" for k, v in importances.items())
+        table = "".join(f"<tr><td>{e(k)}</td><td class=num>{e(lb.format_value(v))}</td></tr>"
+                        for k, v in importances.items())
         parts += [f'<div class="grid"><table><tr><th>parameter</th><th>importance</th></tr>{table}</table>',
                   _img(_importance_png(importances), "parameter importances") + "</div>",
                   f'<p class="note">{e(note)}</p>']
@@ -278,9 +280,14 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
     if best is None:
         parts.append('<p class="note">no trial has a score yet</p>')
     else:
-        settings = ", ".join(f"{k} = {v}" for k, v in best["params"].items())
+        settings = ", ".join(f"{k} = {lb.format_param(k, v, best.get('log_params') or ())}"
+                             for k, v in best["params"].items())
         parts.append(f"<p>trial <b>{e(str(best['trial']))}</b> (run <code>{e(best['run_id'])}</code>): "
-                     f"{e(best['metric'])} {e(lb.format_value(best['value']))}; {e(settings)}</p>")
+                     f"{e(best['metric'])} {e(lb.format_value(best['value']))}"
+                     + "".join(f", {e(m)} {e(lb.format_value(best['metrics'][m]))}"
+                               for m in [lb.default_metric(ref.trainable)] if m != best["metric"]
+                               and m in best["metrics"])
+                     + f"; {e(settings)}</p>")
         images, summary = best_trial_artifacts(best["run_id"])
         if images:
             parts.append('<div class="grid">' + "".join(

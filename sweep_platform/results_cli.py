@@ -16,18 +16,27 @@ from rich.text import Text
 from sweep_platform import cli_options as opt
 from sweep_platform.errors import USAGE_ERROR, console, err_console
 
+RankMetricOpt = Annotated[Optional[str], typer.Option(
+    "--metric", help="Rank by this metric instead, e.g. test_ad_deg or val_loss (default: the sweep's own metric and "
+    "mode, each trial's best validation epoch; the test metric is shown beside it). A test metric falls back to the "
+    "best validation epoch for trials without one.")]
+
 
 def leaderboard(
     sweep: opt.SweepOpt = None,
-    metric: opt.MetricOpt = None,
+    metric: RankMetricOpt = None,
     top: Annotated[Optional[int], typer.Option(help="Show only the first N rows.", min=1)] = None,
     format: opt.RankingFormatOpt = opt.RankingFormat.table,
     compare_paper: Annotated[bool, typer.Option(
         "--compare-paper", help="Put published reference values beside each trial, for trainables that have them "
         "(bast: the BAST paper's AD and MSE, matched by sharing, integration and loss).")] = False,
     trainable: opt.TrainableOpt = None,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Table: every column (run, every test metric, GPU hours, every parameter) at full length, "
+        "however wide; by default the table fits 120 columns.")] = False,
 ) -> None:
-    """Rank a sweep's trials from MLflow: key parameters, metric, epochs, GPU hours, state; failed trials last."""
+    """Rank a sweep's trials from MLflow by the sweep's own metric on validation (the test metric beside it):
+    state, epochs, wall time, the searched parameters; failed trials last."""
     from sweep_platform import leaderboard as lb
 
     ref = lb.find_sweep(sweep, trainable)
@@ -38,7 +47,14 @@ def leaderboard(
     if not rows:
         console.print(f"sweep {ref.name}: no trials yet", highlight=False)
         return
-    console.print(lb.to_table(rows, title=f"sweep {ref.name} ({ref.trainable}), ranked by {rows[0]['metric']}"))
+    table = lb.to_table(rows, title=f"sweep {ref.name} ({ref.trainable}), ranked by {lb.ranked_by(rows)}", wide=wide)
+    if wide:  # every column whole, however wide the terminal (rich would fold the cells to fit it)
+        from rich.console import Console
+
+        Console(width=max(console.width, lb.natural_width(table)), file=console.file,
+                color_system=console.color_system, force_terminal=console.is_terminal).print(table)
+    else:
+        console.print(table)
     for line in lb.failed_lines(rows):
         console.print(f"[red]failed[/red] {line}", highlight=False, soft_wrap=True)
     paper = getattr(lb.trainable_spec(ref.trainable), "paper", None) if compare_paper else None
@@ -49,7 +65,7 @@ def leaderboard(
 def report(
     name: Annotated[Optional[str], typer.Argument(help="Sweep name (default: the most recent sweep).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
-    metric: opt.MetricOpt = None,
+    metric: RankMetricOpt = None,
     storage: Annotated[Optional[str], typer.Option(
         help="Optuna storage URL (default: BINSWEEP_OPTUNA_STORAGE or sqlite:///runs/optuna.db).")] = None,
     log_artifact: Annotated[bool, typer.Option(
@@ -68,24 +84,33 @@ def promote(
     sweep: Annotated[Optional[str], typer.Option(help="Sweep whose best trial is the challenger (default: the most "
                                                  "recent sweep).")] = None,
     alias: Annotated[str, typer.Option(help="Registry alias to move, e.g. champion.")] = "champion",
-    force: Annotated[bool, typer.Option("--force", help="Move the alias even when the challenger is not better, the "
-                                        "datasets differ or the holder cannot be evaluated.")] = False,
+    alpha: Annotated[float, typer.Option(
+        help="Significance level of the gate: the challenger takes the alias only if the one-sided paired "
+        "Wilcoxon test in its favour gives p < alpha (0 < alpha < 1).")] = 0.05,
+    force: Annotated[bool, typer.Option("--force", help="Move the alias even when the gate refuses (not "
+                                        "significantly better, too few samples, different datasets, a holder that "
+                                        "cannot be evaluated); recorded on the version as binsweep.forced=true with "
+                                        "the reason and p-value. A challenger that does not load is still refused.")
+                      ] = False,
     model_name: opt.ModelNameOpt = None,
     trainable: opt.TrainableOpt = None,
 ) -> None:
-    """Register a sweep's best model and move the alias to it only if it beats the holder on the same test split
-    (paired Wilcoxon test on per-sample errors). Exit 0: promoted or kept; 2: refused (nothing changed)."""
+    """Register a sweep's best model and move the alias to it only if it is significantly better than the holder on
+    the same test split: a one-sided paired Wilcoxon signed-rank test on both models' per-sample test errors, p <
+    --alpha. The first promotion needs no test. Each registered version gets a model-card description (trainable,
+    searched parameters, test metrics and sample count, dataset and fingerprint, sweep and trial, the gate's outcome).
+
+    Exit 0: promoted (or the alias already holds this model); 2: refused, with both means, the p-value and the
+    number of samples; nothing in the registry changed.
+
+    Examples: binsweep promote --sweep smoke1; binsweep promote --sweep smoke1 --alpha 0.01;
+    binsweep promote --sweep smoke1 --force
+    """
     from sweep_platform.promotion import promote as do_promote
 
-    result = do_promote(sweep, model_name=model_name, alias=alias, force=force, trainable=trainable,
+    result = do_promote(sweep, model_name=model_name, alias=alias, force=force, alpha=alpha, trainable=trainable,
                         say=lambda s: typer.echo(s))
-    cmp = result.comparison
-    if cmp is not None:
-        typer.echo(f"paired {cmp['test']} over {cmp['n']} test samples: challenger mean "
-                   f"{cmp['mean_challenger']:.4g} vs holder {cmp['mean_holder']:.4g} (difference "
-                   f"{cmp['mean_difference']:+.4g}); statistic {cmp['statistic']:.4g}, p one-sided "
-                   f"{cmp['p_one_sided']:.3g}, p two-sided {cmp['p_two_sided']:.3g}")
-    typer.echo(("promoted: " if result.promoted else "kept: ") + result.message)
+    typer.echo(("promoted: " if result.promoted else "unchanged: ") + result.message)
 
 
 def models(

@@ -92,7 +92,6 @@ def _tune_env() -> None:
     if os.environ.get("BINSWEEP_DEBUG") != "1":
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": the table says so
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # pickle format: chosen, see tracking.log_model
         # OptunaSearch reports intermediate values at Tune's training_iteration, which restarts at 1 in a resumed
         # trial; Optuna then ignores them (harmless: the study uses no pruner; ASHA stops on epochs)
         warnings.filterwarnings("ignore", message="The reported value is ignored because this `step",
@@ -169,7 +168,8 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     cluster = ray_runtime.ensure_ray()
     conc = trials_at_once(spec, cluster, max_cluster_resources())
     exp_id, parent = parent_run.create(name, spec, sweep_file=sweep_file, concurrency=conc,
-                                       optuna_storage=storage.optuna_storage(), fingerprint=dataset_fingerprint(base))
+                                       optuna_storage=storage.optuna_storage(), fingerprint=dataset_fingerprint(base),
+                                       dataset_root=getattr(getattr(base, "data", None), "root", None))
     ctx = SweepContext(name=name, spec=spec, sweep_file=sweep_file, max_failures=spec.max_failures,
                        parent_run_id=parent, experiment_id=exp_id)
     ctx.save()
@@ -255,5 +255,6 @@ def _fit(tuner, ctx: SweepContext) -> SweepOutcome:
     ref = lb.SweepRef(name=ctx.name, run_id=ctx.parent_run_id, experiment_id=ctx.experiment_id,
                       trainable=ctx.spec.trainable, start_time=0)
     rows = lb.leaderboard(ref, metric=ctx.spec.metric, mode=ctx.spec.mode)
+    parent_run.log_leaderboard(ctx.parent_run_id, rows)
     return SweepOutcome(name=ctx.name, parent_run_id=ctx.parent_run_id, state=parent_run.state(ctx.parent_run_id),
                         trials=rows, wall_s=time.time() - t0)

@@ -49,16 +49,33 @@ def client():
     return mlflow.MlflowClient(tracking_uri())
 
 
+# What MLflow 3 calls an experiment for training models (the GenAI kind gets traces and token usage). The 3.17 UI
+# reads the tag only while its GenAI/Model-training switch is off; with the switch (the default), the view comes
+# from the URL's workflowType, then the browser's last choice, else GenAI: binsweep's links carry it (`ui_link`).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(base: str, experiment_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens its model-training view: the experiment's runs table, or the list."""
+    page = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
+    return f"{base.rstrip('/')}/{page}?{UI_VIEW}"
+
+
 def ensure_experiment(name: str) -> str:
-    """The experiment's id, created on first use (artifacts under runs/mlartifacts with the embedded store)."""
+    """The experiment's id, created on first use (artifacts under runs/mlartifacts with the embedded store) and
+    tagged as a model-training experiment (also an existing one from an older binsweep)."""
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:
+            with_retries(lambda: c.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items()))),
+                         "experiment kind")
         return exp.experiment_id
     # the embedded store keeps artifacts beside it; a server decides for itself (proxied artifacts)
     location = f"{artifact_root()}/{name}" if tracking_uri() == embedded_uri() else None
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another process created it between our two calls
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -141,12 +158,13 @@ def checkout_sha(folder: Path) -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def log_metrics_batch(run_id: str, metrics: dict[str, float], step: int) -> None:
-    """One round trip for all of an epoch's metrics (per-metric calls cost ~1 s each on SQLite)."""
+def log_metrics_batch(run_id: str, metrics: dict[str, float], step: int, model_id: str | None = None) -> None:
+    """One round trip for all of an epoch's metrics (per-metric calls cost ~1 s each on SQLite); with `model_id`
+    (m-..., a LoggedModel of the run) they are the model's metrics too, shown on its page."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+    items = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     client().log_batch(run_id, metrics=items)
 
@@ -159,30 +177,34 @@ def log_files(run_id: str, files: dict[str, Any], artifact_path: str | None = No
             with_retries(lambda p=p: c.log_artifact(run_id, str(p), artifact_path), f"artifact {p.name}")
 
 
-def log_model(run_id: str, model, name: str, example_input=None) -> str | None:
-    """The trained model as an MLflow 3 LoggedModel linked to the run; returns its models:/ URI.
+def log_model(run_id: str, spec, model, config, name: str | None = None) -> str | None:
+    """The trained model (a module on the CPU, and the config it was built from) as an MLflow 3 LoggedModel linked
+    to the run, servable with `mlflow models serve`; returns its models:/ URI, or None when it could not be logged.
 
-    Pickle serialization: torch.export (MLflow's default "pt2") cannot export every variant and needs a fixed
-    input; the signature still records the input shape.
+    A pyfunc of weights, config and the trainable's code, whose requests are what the trainable's `Serving` says
+    (sweep_platform.model_package: what is in the directory and why).
     """
-    import mlflow
-    import mlflow.pytorch
+    from sweep_platform import model_package
 
-    os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
-    mlflow.set_tracking_uri(tracking_uri())
+    client()  # sets the tracking URI for MLflow's fluent API
+    return model_package.log(run_id, spec, model, config, name or spec.name, attempt=with_retries)
 
-    def _log():
-        kwargs = {}
-        if example_input is not None:
-            import numpy as np
-            from mlflow.models import infer_signature
 
-            with __import__("torch").no_grad():
-                out = model(example_input)
-            kwargs["signature"] = infer_signature(np.asarray(example_input), np.asarray(out))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                            pip_requirements=[], **kwargs)
-        return info.model_uri
+def log_dataset(run_id: str, root, fingerprint: str | None, context: str = "training") -> None:
+    """The run's dataset as an MLflow dataset input (the UI's Dataset column): its folder's name, the content
+    fingerprint of its manifest (MLflow keeps a digest of at most 36 characters: the first 32 hex digits; the whole
+    one is in the profile and the binsweep.dataset tag) and where it lives (a URI, or a path on the node that ran)."""
+    import json
 
-    return with_retries(_log, f"model {name}")
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    if root is None:
+        return
+    location = redact(str(root))
+    scheme = location.split("://", 1)[0] if "://" in location else "local"
+    dataset = Dataset(name=location.rstrip("/").rsplit("/", 1)[-1] or location,
+                      digest=(fingerprint or "unknown")[:32], source_type=scheme,
+                      source=json.dumps({"uri": location}),
+                      profile=json.dumps({"fingerprint": fingerprint or "unknown"}))
+    tags = [InputTag("mlflow.data.context", context)]
+    with_retries(lambda: client().log_inputs(run_id, datasets=[DatasetInput(dataset, tags)]), "dataset input")

@@ -165,10 +165,12 @@ def evaluate_and_log(spec: TrainableSpec, checkpoint_dir: str | Path, run_id: st
         if run_id is not None:
             summary_file = Path(out) / "summary.txt"
             summary_file.write_text(result.summary)
-            tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, result.metrics, step=0), "test metrics")
+            if log_model:  # first, so that the test metrics are logged once, as the run's and the model's
+                model_uri = tracking.log_model(run_id, spec, model.cpu(), config)
+            model_id = model_uri.removeprefix("models:/") if model_uri else None
+            tracking.with_retries(lambda: tracking.log_metrics_batch(run_id, result.metrics, step=0,
+                                                                     model_id=model_id), "test metrics")
             tracking.log_files(run_id, {**result.files, "summary": summary_file}, "evaluation")
-            if log_model:
-                model_uri = tracking.log_model(run_id, model.cpu(), spec.name, spec.example_input(config))
         return Evaluated(result.metrics, result.summary, model_uri, result.per_sample_error)
 
 

@@ -163,6 +163,7 @@ def run_trial(config: dict[str, Any], sweep: SweepContext) -> None:
 
 def _train_here(sweep: SweepContext, trainable: TrainableSpec, cfg: BaseModel, params: dict[str, Any],
                 trial_id: str, extra: dict[str, float], fault: str | None) -> None:
+    from sweep_platform.system_metrics import TrialSystemMetrics
     from sweep_platform.trial_eval import evaluate_trial
     from sweep_platform.trial_session import TrialSession
     from trainables.loop import train_loop
@@ -176,7 +177,8 @@ def _train_here(sweep: SweepContext, trainable: TrainableSpec, cfg: BaseModel, p
                        trial_id, device=str(session.device))
 
     session.before_final_report = evaluate
-    train_loop({"trainable": trainable.name, "config": cfg.model_dump(mode="json"), "fault": fault}, session)
+    with TrialSystemMetrics(sweep.parent_run_id, sweep.experiment_id, trial_id):
+        train_loop({"trainable": trainable.name, "config": cfg.model_dump(mode="json"), "fault": fault}, session)
     if session.before_final_report is not None:  # restarted after its last epoch: nothing left to report
         evaluate()
 

@@ -80,12 +80,15 @@ def test_binaural_sweep_trains_on_ray_and_logs_every_trial(swept):
         assert len(models) == 1
 
 
-def test_leaderboard_ranks_binaural_trials_by_test_stft_distance(swept):
+def test_leaderboard_ranks_binaural_trials_by_validation_with_test_beside(swept):
     res = runner.invoke(app, ["leaderboard", "--sweep", NAME, "--format", "json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
-    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["metric"] == "test_stft_dist"
-    assert rows[0]["value"] <= rows[1]["value"]
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["metric"] == "val_stft_dist"
+    assert rows[0]["value"] <= rows[1]["value"] and all("test_stft_dist" in r["metrics"] for r in rows)
+    res = runner.invoke(app, ["leaderboard", "--sweep", NAME, "--format", "json", "--metric", "test_stft_dist"])
+    rows = json.loads(res.output)
+    assert rows[0]["metric"] == "test_stft_dist" and rows[0]["value"] <= rows[1]["value"]
 
 
 def test_promote_then_binauralize_with_the_champion(swept, tmp_path):

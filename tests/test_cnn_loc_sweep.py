@@ -61,7 +61,9 @@ def test_leaderboard_and_report_read_it_back(swept, tmp_path):
     res = runner.invoke(app, ["leaderboard", "--sweep", NAME, "--format", "json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
-    assert [r["rank"] for r in rows] == [1, 2] and all(r["metric"] == "test_ad_deg" for r in rows)
+    # ranked by the sweep's own metric on validation, the test metric beside it
+    assert [r["rank"] for r in rows] == [1, 2] and all(r["metric"] == "val_ad_deg" for r in rows)
+    assert all("test_ad_deg" in r["metrics"] for r in rows)
     assert {"model.sharing", "model.integration", "loss.name"} <= set(rows[0]["params"])  # the spec's key_params
     out = tmp_path / "report.html"
     res = runner.invoke(app, ["report", NAME, "-o", str(out)])

@@ -34,9 +34,10 @@ def test_angular_error_wraps_around():
 
 
 def test_ui_hints_name_the_stores_that_were_written():
-    mlflow_line, optuna_line = ui_hints()
+    mlflow_line, optuna_line = ui_hints("7")
     assert f"ui --backend-store-uri sqlite:///{paths.runs_dir() / 'mlflow.db'}" in mlflow_line
-    assert "127.0.0.1" in mlflow_line
+    # the link opens the experiment's runs in the UI's model-training view (3.17 defaults to GenAI)
+    assert "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in mlflow_line
     assert f"sqlite:///{paths.runs_dir() / 'optuna.db'}" in optuna_line and "optuna-dashboard" in optuna_line
 
 
@@ -54,7 +55,7 @@ def test_demo_sweeps_ranks_promotes_and_predicts():
     c = tracking.client()
     version = c.get_model_version_by_alias("bast_demo", "champion")
     assert version.tags["binsweep.sweep_id"] == name and version.source.startswith("models:/m-")
-    mlflow.pytorch.load_model("models:/bast_demo@champion")
+    mlflow.pyfunc.load_model("models:/bast_demo@champion")  # servable as logged
 
     # three held-out clips at three azimuths, each predicted
     clips = sorted((paths.runs_dir() / "demo" / name).glob("*.wav"))

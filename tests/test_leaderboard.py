@@ -105,8 +105,10 @@ def _evaluate(model, cfg_dict, out_dir=None):
     return result
 
 
-def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "val_ad_deg") -> dict:
-    """One parent run + one child run per trial + an Optuna study, as the sweep driver writes them."""
+def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "val_ad_deg",
+               space: dict | None = None) -> dict:
+    """One parent run + one child run per trial + an Optuna study, as the sweep driver writes them (`space`: the
+    sweep file's space section, in its sweep.yaml)."""
     import optuna
     from mlflow.entities import Param
 
@@ -123,7 +125,8 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
     with tempfile.TemporaryDirectory() as d:
         sweep_yaml = Path(d) / "sweep.yaml"
         sweep_yaml.write_text(yaml.safe_dump({"name": name, "trainable": "bast", "dataset": DATA_REL,
-                                              "metric": metric, "mode": "min", "trials": len(trials)}))
+                                              "metric": metric, "mode": "min", "trials": len(trials),
+                                              **({"space": space} if space else {})}, sort_keys=False))
         c.log_artifact(parent, str(sweep_yaml))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -153,8 +156,7 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
         if t.files:
             tracking.log_files(run_id, t.files, "evaluation")
         if t.model is not None:
-            example = spec.example_input(BASTConfig.model_validate(cfg))
-            t.model_uri = tracking.log_model(run_id, t.model, "bast", example)
+            t.model_uri = tracking.log_model(run_id, spec, t.model, BASTConfig.model_validate(cfg))
         c.set_terminated(run_id, status="FAILED" if t.state == "failed" else
                          "KILLED" if t.state == "stopped" else "FINISHED")
         params = {k: t.overrides.get(k, cfg[k.split(".")[0]][k.split(".")[1]]) for k in dists}
@@ -168,13 +170,13 @@ def make_sweep(name: str, trials: list[Trial], fingerprint: str, metric: str = "
 
 
 def corrupt_logged_model(model_uri: str) -> None:
-    """Overwrite the model's serialized weights (data/model.pth) with junk; MLmodel and the rest stay."""
+    """Overwrite the model's weights (artifacts/weights.pt) with junk; MLmodel and the rest stay."""
     import mlflow
     from urllib.parse import urlparse
 
     location = mlflow.get_logged_model(model_uri.split("/")[-1]).artifact_location
     path = Path(urlparse(location).path) if location.startswith("file:") else Path(location)
-    files = [p for p in (path / "data").rglob("*.pth") if p.is_file()]
+    files = [p for p in (path / "artifacts").rglob("*.pt") if p.is_file()]
     assert files, f"no serialized model under {path}"
     for p in files:
         p.write_bytes(b"not a pickle\x00" * 8)
@@ -240,18 +242,28 @@ def world() -> World:
 
 
 def test_leaderboard_ranks_trials_with_fallback_and_failed_last(world):
+    # by default: the sweep's own metric (sweep.yaml: val_ad_deg, min), each trial's best validation epoch
     rows = lb.leaderboard("lb-grid")
     assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
     assert [r["rank"] for r in rows] == [1, 2, 3, None]
     best, weak, stopped, failed = rows
-    assert best["value"] == pytest.approx(world.strong_test["test_ad_deg"])
-    assert best["value_source"] == "test_ad_deg" and best["metrics"]["test_mse"] == pytest.approx(
-        world.strong_test["test_mse"])
-    assert weak["value"] == pytest.approx(world.weak_test["test_ad_deg"])
-    # ASHA-stopped trial without a test score: its best validation epoch
-    assert stopped["value"] == 150.0 and stopped["value_source"] == "val_ad_deg (best epoch)"
+    assert best["metric"] == "val_ad_deg" and best["mode"] == "min" and best["value"] == 48.0
+    assert best["value_source"] == "val_ad_deg (best epoch)" and best["objective_value"] == 48.0
+    # the test metrics beside it
+    assert best["metrics"]["test_ad_deg"] == pytest.approx(world.strong_test["test_ad_deg"])
+    assert best["metrics"]["test_mse"] == pytest.approx(world.strong_test["test_mse"])
+    assert weak["value"] == 84.0 and weak["metrics"]["test_ad_deg"] == pytest.approx(world.weak_test["test_ad_deg"])
+    assert stopped["value"] == 150.0 and stopped["metrics"] == {} and not lb.is_fallback(stopped)
     assert stopped["state"] == "stopped" and stopped["epochs"] == 1
     assert failed["state"] == "failed" and failed["error"] == FAILED_ERROR and failed["value"] is None
+    # ranked by the test metric when asked: an ASHA-stopped trial without a test score falls back to its best
+    # validation epoch, and says so
+    by_test = lb.leaderboard("lb-grid", metric="test_ad_deg")
+    assert [r["trial"] for r in by_test] == ["0", "1", "2", "3"]
+    assert by_test[0]["value"] == pytest.approx(world.strong_test["test_ad_deg"])
+    assert by_test[0]["value_source"] == "test_ad_deg" and by_test[0]["objective_value"] == 48.0
+    assert by_test[2]["value"] == 150.0 and by_test[2]["value_source"] == "val_ad_deg (best epoch)"
+    assert lb.is_fallback(by_test[2]) and not lb.is_fallback(by_test[0])
     # key params: BAST's three always, then those that vary (alpha only differs in the failed trial)
     assert list(best["params"]) == ["model.sharing", "model.integration", "loss.name", "loss.alpha", "train.lr"]
     assert best["params"]["model.sharing"] == "NSP" and best["epochs"] == 2 and best["gpu_hours"] == 0.0
@@ -272,9 +284,14 @@ def test_leaderboard_formats_through_the_cli(world):
     assert res.exit_code == 0, res.output
     table = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [r["trial"] for r in table] == ["0", "1", "2", "3"]
+    assert float(table[0]["val_ad_deg"]) == 48.0
     assert float(table[0]["test_ad_deg"]) == pytest.approx(world.strong_test["test_ad_deg"])
+    assert table[0]["test_ad_deg"] == repr(world.strong_test["test_ad_deg"])  # full precision for machines
     assert table[0]["model.integration"] == "sub" and table[3]["error"] == FAILED_ERROR
-    assert table[2]["from"] == "val_ad_deg (best epoch)" and "test_mse" in table[0]
+    assert "from" not in table[0] and "test_mse" in table[0]
+    res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid", "--format", "csv", "--metric", "test_ad_deg"])
+    table = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert table[2]["from"] == "val_ad_deg (best epoch)" and table[0]["from"] == ""
 
     res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid", "--format", "json", "--top", "2"])
     assert res.exit_code == 0, res.output
@@ -284,16 +301,22 @@ def test_leaderboard_formats_through_the_cli(world):
     res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid", "--format", "markdown"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
-    assert lines[0].startswith("| rank | trial | run | model.sharing |") and "test_ad_deg" in lines[0]
+    assert lines[0].startswith("| rank | trial | run | state | val_ad_deg | test_ad_deg | test_mse |")
+    assert "| model.sharing |" in lines[0]
     assert re.fullmatch(r"\|(---:?\|)+", lines[1]) and len(lines) == 2 + 4
     assert lines[-1].startswith("|  | 3 |") and "nan at epoch 1" in lines[-1]
 
     res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "sweep lb-grid (bast), ranked by test_ad_deg" in res.stdout
-    assert re.search(r"rank +trial +sharing +integration +loss +alpha +lr +test_ad_deg", res.stdout)
-    assert "150 (val)" in res.stdout
+    assert "sweep lb-grid (bast), ranked by val_ad_deg (best epoch), lower is better" in res.stdout
+    assert re.search(r"rank +trial +state +val_ad_deg +test_ad_deg +epochs +wall +sharing +integration +loss +alpha "
+                     r"+lr\b", res.stdout)
+    assert re.search(r"completed +48 +\d+\.\d+ +2 ", res.stdout) and "3e-3" in res.stdout and "1e-4" in res.stdout
+    assert "(val)" not in res.stdout and max(len(ln) for ln in res.stdout.splitlines()) <= 120
     assert "failed trial 3 (lb-grid-3, " in res.stdout and FAILED_ERROR in res.stdout
+    res = runner.invoke(app, ["leaderboard", "--sweep", "lb-grid", "--metric", "test_ad_deg"], env={"COLUMNS": "200"})
+    assert "ranked by test_ad_deg, lower is better" in res.stdout and "150 (val)" in res.stdout
+    assert re.search(r"rank +trial +state +test_ad_deg +val_ad_deg +epochs", res.stdout)
 
 
 def test_compare_paper_matches_sharing_integration_loss(world):
@@ -371,8 +394,8 @@ def test_test_metrics_and_key_params_come_from_the_trainable_spec():
                "params": {}, "metric": "test_err", "value": 1.0, "value_source": "test_err",
                "metrics": {"test_err": 1.0, "test_cost": 2.0, "test_other": 3.0}, "epochs": 1, "gpu_hours": 0.0,
                "state": "completed", "error": None}
-        assert [h for h, _ in lb.columns([row])] == ["rank", "trial", "run", "test_err", "test_cost", "epochs",
-                                                      "gpu_hours", "state"]
+        assert [c.header for c in lb.columns([row])] == ["rank", "trial", "run", "state", "test_err", "test_cost",
+                                                          "epochs", "gpu_hours"]
     with registered(tiny_spec("tiny_board")):  # no test_metrics: the test counterpart of the primary metric
         assert lb.default_metric("tiny_board") == "test_err" and lb.test_metrics("tiny_board") == ()
     # a trainable that is no longer installed: its sweeps still list, by val_loss's test counterpart

@@ -237,6 +237,16 @@ def test_one_parent_run_with_settings_artifacts_and_summary(swept):
     assert metrics["trials_failed"] == 1 and metrics["trials_completed"] + metrics["trials_stopped"] == 3
     assert metrics["trials_stopped"] >= 1  # the idle trial, at least
     assert tags["binsweep.best_trial"] and "test_ad_deg" in metrics and metrics["best_val_ad_deg"] > 0
+    # MLflow's conventions: a model-training experiment (the UI opens its runs, not GenAI traces), the dataset as a
+    # dataset input, the leaderboard as a table
+    c = tracking.client()
+    assert c.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (ds,) = parent.inputs.dataset_inputs
+    assert ds.dataset.name == "sweep_loc" and ds.dataset.digest == manifest["fingerprint"][:32]
+    assert json.loads(ds.dataset.source)["uri"].endswith("data/sweep_loc")
+    assert "leaderboard.json" in arts
+    table = json.loads(Path(c.download_artifacts(parent.info.run_id, "leaderboard.json")).read_text())
+    assert len(table["data"]) == 4 and "val_ad_deg" in table["columns"] and "params.train.lr" in table["columns"]
 
 
 @pytest.mark.slow
@@ -263,6 +273,10 @@ def test_one_child_run_per_trial_with_params_epochs_and_state(swept):
             assert steps == []
             continue
         assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 3
+        # sampled in the trial's own process, on its node (at least once: when it ends)
+        assert any(k.startswith("system/") and k.endswith("/cpu_utilization_percentage") for k in metrics), metrics
+        (ds,) = run.inputs.dataset_inputs
+        assert ds.dataset.digest == parent.data.tags["binsweep.dataset_fingerprint"][:32]
         for key in ("train_loss", "val_loss", "val_mse", "epoch"):
             assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == steps, key
         assert tags["binsweep.state"] == ("completed" if len(steps) == 3 else "stopped"), (tags, steps)

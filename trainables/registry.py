@@ -90,6 +90,35 @@ class Predictor:
 
 
 @dataclass(frozen=True)
+class Tensor:
+    """One array of a served model's request or response, in words a user can act on (the platform turns it into
+    an MLflow TensorSpec; trainables do not import MLflow)."""
+
+    dtype: str  # numpy dtype name: "float32", "uint8", ...
+    shape: tuple[int, ...]  # the batch first; -1 = any size
+    meaning: str  # e.g. "stereo waveforms at 16 kHz, channel 0 = left ear"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a trained model is once logged: an MLflow pyfunc that takes what a user has (waveforms, a frame) and
+    returns what they want (azimuths, two channels). `mlflow.pyfunc.load_model` and `mlflow models serve` run it; the
+    platform's wrapper only rebuilds the model (`build_model` + the logged state dict) and calls `predict`.
+
+    Everything here runs where the model is served, from the copy of the trainable's package that the model carries,
+    so it must import nothing but the trainable's own code and `requirements`."""
+
+    inputs: Callable[[BaseModel], Tensor | Mapping[str, Tensor]]  # config -> one unnamed array, or named arrays
+    output: Tensor
+    example: Callable[[BaseModel], Any]  # config -> a small valid request: an ndarray, or {name: ndarray}
+    predict: Callable[..., Any]  # (model, config, inputs, device) -> ndarray, batch first; ValueError: a bad request
+    requirements: tuple[str, ...] = ()  # distributions imported at load/predict time besides mlflow, torch, numpy,
+    #                                     pydantic (pinned to the installed versions when a model is logged)
+    trained_config: Callable[[BaseModel], BaseModel] | None = None  # config -> the config to rebuild a trained model
+    #   with before its weights are loaded (e.g. without paths to pretrained backbones that the weights supersede)
+
+
+@dataclass(frozen=True)
 class PaperReference:
     """Published numbers to print beside a trial (`--compare-paper`), matched from the trial's params."""
 
@@ -134,7 +163,8 @@ class TrainableSpec:
     primary_metric: str  # reported every epoch, e.g. val_ad_deg: what a sweep optimises by default
     mode: Literal["min", "max"]
     evaluate: Callable[..., EvalResult]  # (model, config, split, out_dir, device) -> EvalResult
-    example_input: Callable[[BaseModel], Any]  # config -> one batch of model inputs (MLflow signature and example)
+    example_input: Callable[[BaseModel], Any]  # config -> one batch of the model's forward inputs (benchmarks; the
+    #                                            served request of a trainable without `serving`)
 
     epoch_metrics: tuple[str, ...] = ()  # every metric a sweep may optimise (reported each epoch); default: primary
     test_metrics: tuple[str, ...] = ()  # shown in every leaderboard; the first ranks by default
@@ -142,6 +172,7 @@ class TrainableSpec:
     presets: Mapping[str, BaseModel] = field(default_factory=dict)  # named model-section presets
     dataset_builder: DatasetBuilder | None = None
     predictor: Predictor | None = None
+    serving: Serving | None = None  # a logged model's request and response; None: the model's forward on tensors
     paper: PaperReference | None = None
     commands: Callable[[PlatformServices], list[Command]] | None = None
 
@@ -220,6 +251,30 @@ def get_trainable(name: str) -> TrainableSpec:
     if name not in _REGISTRY:
         raise _not_found(name)
     return _REGISTRY[name]
+
+
+def spec_reference(spec: TrainableSpec) -> str:
+    """"module:attribute" holding `spec`, so that a logged model finds its trainable by importing it (no installed
+    entry points needed where it is served): the entry point's target, else a module-level name bound to the spec (a
+    trainable registered at run time from an importable module). ValueError when there is none (a spec built in
+    __main__ or inside a function)."""
+    import sys
+
+    ep = _discover().get(spec.name)
+    if ep is not None and spec.name not in _RUNTIME_SOURCES:
+        return ep.value
+    for module_name, module in list(sys.modules.items()):
+        if module_name == "__main__" or module is None:
+            continue
+        try:
+            found = next((attr for attr, value in list(vars(module).items()) if value is spec), None)
+        except TypeError:  # an object in sys.modules without a __dict__
+            continue
+        if found is not None:
+            return f"{module_name}:{found}"
+    raise ValueError(f"trainable {spec.name!r}: its TrainableSpec is not a module-level name of an importable module, "
+                     "so a logged model could not find it; define SPEC in a module (and name it in the "
+                     f"{ENTRY_POINT_GROUP} entry points)")
 
 
 def trainable_source(name: str) -> str:

@@ -7,7 +7,7 @@ Recipe), evaluate (test-split metrics and plots), inference (whole-clip binaural
 
 from trainables.binaural.config import (PRESETS, BinauralConfig, BinauralModelConfig, DataConfig, LossConfig,
                                         TrainConfig, preset)
-from trainables.registry import DatasetBuilder, TrainableSpec
+from trainables.registry import DatasetBuilder, Serving, Tensor, TrainableSpec
 
 
 def _build(config: BinauralConfig):
@@ -45,6 +45,38 @@ def _example_input(config: BinauralConfig) -> dict:
     return x
 
 
+def _serve_inputs(config: BinauralConfig):
+    from trainables.binaural.inference import serve_inputs
+
+    return serve_inputs(config)
+
+
+def _serve_example(config: BinauralConfig):
+    from trainables.binaural.inference import serve_example
+
+    return serve_example(config)
+
+
+def _serve(model, config: BinauralConfig, inputs, device="cpu"):
+    from trainables.binaural.inference import serve
+
+    return serve(model, config, inputs, device)
+
+
+def _trained_config(config: BinauralConfig) -> BinauralConfig:
+    from trainables.binaural.inference import trained_config
+
+    return trained_config(config)
+
+
+# A logged model takes what a user has: mono waveforms, the scene's RGB frame (and depth for depth_source=map), and
+# returns the two ears (inference.serve); pyarrow comes in through the recipe's module, PIL resizes frames.
+SERVING = Serving(inputs=_serve_inputs, example=_serve_example, predict=_serve, trained_config=_trained_config,
+                  output=Tensor("float32", (-1, 2, -1), "the two ears (channel 0 = left) at the model's rate, as long "
+                                                        "as the mono input"),
+                  requirements=("scipy", "timm", "torchvision", "pillow", "pyarrow"))
+
+
 def _commands(services):
     from trainables.binaural.cli import commands
 
@@ -64,6 +96,7 @@ SPEC = TrainableSpec(
     epoch_metrics=("val_stft_dist", "val_env_dist", "val_loss", "train_loss"),
     test_metrics=("test_stft_dist", "test_env_dist"),
     presets=PRESETS,
+    serving=SERVING,
     dataset_builder=DatasetBuilder(config="trainables.binaural.data:BinauralBuildConfig",
                                    builder="trainables.binaural.data:build", command="binsweep data binaural"),
     commands=_commands,

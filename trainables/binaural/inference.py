@@ -13,6 +13,11 @@ Input conventions (documented choices):
 - Another sample rate is resampled to the model's rate (scipy resample_poly), with a notice. The output is written
   at the model's rate.
 - A file shorter than one window is zero-padded to one window and the output cut back to its length.
+
+A logged model is served (`serve`, the trainable's `Serving`, MLflow pyfunc) on what a request holds: mono waveforms
+[B, S] at the model's rate, the scene's RGB frame [B, H, W, 3] uint8 (any size: resized as `binauralize` resizes an
+image file) and, for depth_source=map, a depth map [B, H, W] in metres; it returns the two ears [B, 2, S] float32
+(channel 0 = left), what `binauralize_file` writes before its clipping guard.
 """
 
 from __future__ import annotations
@@ -140,10 +145,29 @@ def read_image(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str
             notice = None
             if (im.height, im.width) != tuple(size):
                 notice = f"{path.name}: resized from {im.height}×{im.width} to the model's {size[0]}×{size[1]}"
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy(), notice
+            return fit_frame(im, size), notice
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: cannot be read as an image ({exc})") from None
+
+
+def fit_frame(im, size: tuple[int, int]) -> np.ndarray:
+    """An RGB PIL image -> uint8 [3, H, W] at the model's `size` (bilinear when it is another size)."""
+    from PIL import Image
+
+    if (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def check_depth(d: np.ndarray, what: str) -> np.ndarray:
+    """A depth map in metres, [H, W] or [1, H, W] -> float32 [1, H, W]; ValueError naming `what` otherwise."""
+    if d.ndim == 3 and d.shape[0] == 1:
+        d = d[0]
+    if d.ndim != 2:
+        raise ValueError(f"{what}: a depth map must be [H, W] or [1, H, W] metres, got shape {d.shape}")
+    if not np.isfinite(d).all() or (d <= 0).any():
+        raise ValueError(f"{what}: depth must be finite and positive (metres)")
+    return d.astype(np.float32)[None]
 
 
 def read_depth(path: str | Path) -> np.ndarray:
@@ -155,13 +179,7 @@ def read_depth(path: str | Path) -> np.ndarray:
         d = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot be read as a .npy array ({exc})") from None
-    if d.ndim == 3 and d.shape[0] == 1:
-        d = d[0]
-    if d.ndim != 2:
-        raise ValueError(f"{path}: a depth map must be [H, W] or [1, H, W] metres, got shape {d.shape}")
-    if not np.isfinite(d).all() or (d <= 0).any():
-        raise ValueError(f"{path}: depth must be finite and positive (metres)")
-    return d.astype(np.float32)[None]
+    return check_depth(d, str(path))
 
 
 def binauralize_file(model: torch.nn.Module, wav: str | Path, out: str | Path, *, image: str | Path | None = None,
@@ -228,3 +246,77 @@ def binauralize_file(model: torch.nn.Module, wav: str | Path, out: str | Path, *
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(out), ears.T.astype(np.float32), cfg.sample_rate, subtype="PCM_16")
     return BinauralizeResult(out, len(mix) / cfg.sample_rate, cfg.sample_rate, notices)
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def serve_inputs(config):
+    """The request's named arrays for this model's modalities."""
+    from trainables.registry import Tensor
+
+    cfg = config.model
+    inputs = {"mono": Tensor("float32", (-1, -1), f"mono waveforms at {cfg.sample_rate} Hz, any length (the same "
+                                                  "for every item of a request)")}
+    if cfg.needs_image:
+        inputs["frame"] = Tensor("uint8", (-1, -1, -1, 3), f"the scene's RGB frame, height × width × 3, any size "
+                                                           f"(resized to {cfg.image_size[0]}×{cfg.image_size[1]})")
+    if cfg.needs_depth_map:
+        inputs["depth"] = Tensor("float32", (-1, -1, -1), "the scene's depth map in metres, height × width")
+    return inputs
+
+
+def serve_example(config) -> dict[str, np.ndarray]:
+    """One window of noise (quantised to 1/128 so its JSON stays small) and a small grey frame (and depth)."""
+    cfg = config.model
+    rng = np.random.default_rng(0)
+    example = {"mono": (np.round(rng.standard_normal((1, cfg.clip_samples)) * 0.1 * 128) / 128).astype(np.float32)}
+    if cfg.needs_image:
+        example["frame"] = np.full((1, 18, 32, 3), 128, dtype=np.uint8)
+    if cfg.needs_depth_map:
+        example["depth"] = np.full((1, 18, 32), 2.0, dtype=np.float32)
+    return example
+
+
+def serve(model: torch.nn.Module, config, inputs, device="cpu") -> np.ndarray:
+    """A served request -> the ears [B, 2, S] float32, each item binauralized as `binauralize_file` does its file
+    (mix = 2 · mono, sliding windows, the frame resized to the model's size) without the clipping guard."""
+    from PIL import Image
+
+    cfg = config.model
+    if not isinstance(inputs, dict):
+        inputs = {"mono": inputs}
+    if "mono" not in inputs:
+        raise ValueError(f"the request has {sorted(inputs)} but no 'mono' (mono waveforms [batch, samples])")
+    mono = np.asarray(inputs["mono"], dtype=np.float64)
+    if mono.ndim != 2 or mono.shape[1] == 0:
+        raise ValueError(f"'mono' must be mono waveforms [batch, samples], got an array of shape {mono.shape}")
+    frames = depths = [None] * len(mono)
+    if cfg.needs_image:
+        frame = inputs.get("frame")
+        if frame is None:
+            raise ValueError(f"the model uses modalities={cfg.modalities} (depth_source={cfg.depth_source}) and needs "
+                             "'frame': the scene's RGB frame [batch, height, width, 3] uint8")
+        frame = np.asarray(frame)
+        if frame.ndim != 4 or frame.shape[-1] != 3 or len(frame) != len(mono):
+            raise ValueError(f"'frame' must be RGB frames [batch, height, width, 3], one per waveform "
+                             f"({len(mono)}), got an array of shape {frame.shape}")
+        frames = [fit_frame(Image.fromarray(np.asarray(f, dtype=np.uint8), "RGB"), cfg.image_size)[None]
+                  for f in frame]
+    if cfg.needs_depth_map:
+        depth = inputs.get("depth")
+        if depth is None or len(depth) != len(mono):
+            raise ValueError("the model reads a depth map (depth_source=map): 'depth' [batch, height, width] metres, "
+                             "one per waveform")
+        depths = [check_depth(np.asarray(d, dtype=np.float32), "'depth'") for d in depth]
+    model = unwrap(model).eval()
+    ears = [predict_clip(model, 2.0 * m, f, None, d, sample_rate=cfg.sample_rate, device=device)
+            for m, f, d in zip(mono, frames, depths)]
+    return np.stack(ears).astype(np.float32) if ears else np.zeros((0, 2, mono.shape[1]), np.float32)
+
+
+def trained_config(config):
+    """The config without paths to pretrained backbone weights: a trained model's state dict supersedes them, and
+    the machine that serves it need not have those files."""
+    return config.model_copy(update={"model": config.model.model_copy(update={"image_weights": None,
+                                                                              "depth_weights": None})})

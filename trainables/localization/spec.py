@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from pydantic import BaseModel
 
 from trainables.localization.dataset import BUILDER
-from trainables.localization.predict import PREDICTOR
+from trainables.localization.predict import PREDICTOR, SERVING
 from trainables.registry import PaperReference, TrainableSpec
 
 
@@ -68,6 +68,7 @@ def localizer_spec(*, name: str, description: str, config_type: type[BaseModel],
         presets=presets,
         dataset_builder=BUILDER,
         predictor=PREDICTOR,
+        serving=SERVING,
         paper=paper,
         commands=_commands,
     )
