@@ -4,6 +4,7 @@ installed trainables' commands are mounted only when needed (cli_group), so `bin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,7 @@ import typer
 
 from sweep_platform import cli_options as opt
 from sweep_platform import results_cli, sweep_cli, train_cli, trainables_cli
+from sweep_platform import watch as watch_cli
 from sweep_platform.cli_group import BinsweepGroup
 from sweep_platform.errors import console
 
@@ -30,8 +32,23 @@ results_cli.mount(app)  # leaderboard, report, promote, models, predict
 app.command("sweep")(sweep_cli.sweep)
 app.command("resume")(sweep_cli.resume)
 app.command("submit")(sweep_cli.submit)
+app.command("watch")(watch_cli.watch_command)
 
 PACKAGES = ("binsweep", "torch", "ray", "mlflow", "optuna")
+
+
+@app.callback()
+def root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show everything Ray and MLflow print, also the "
+                                          "lines hidden by default (sets BINSWEEP_VERBOSE=1 for every process of "
+                                          "the run).")] = False,
+) -> None:
+    """Ray-distributed hyperparameter sweeps, with every trial in MLflow."""
+    from sweep_platform import quiet
+
+    if verbose:
+        os.environ[quiet.VERBOSE_VARIABLE] = "1"
+    quiet.install()
 
 
 @app.command()

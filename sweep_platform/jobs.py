@@ -15,7 +15,9 @@ plain text); give the cluster's nodes MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -171,7 +173,8 @@ class JobRequest:
     def entrypoint(self) -> str:
         if self.command is not None:
             return shlex.join(["python", "-m", "sweep_platform", *self.command])
-        args = ["python", "-m", "sweep_platform", "sweep", self.relative_file, "--name", self.name, "--no-progress"]
+        # progress on: a job's output is no terminal, so the sweep prints one line per trial epoch for `ray job logs`
+        args = ["python", "-m", "sweep_platform", "sweep", self.relative_file, "--name", self.name]
         if self.max_failures is not None:
             args += ["--max-failures", str(self.max_failures)]
         if self.concurrency is not None:
@@ -275,10 +278,30 @@ def submit(req: JobRequest) -> str:
                  if req.command is None else "submit it again in a second")
         raise SubmitError(f"a job named {req.submission_id} was already submitted to {req.address}; {again}")
     resources = {req.driver_resource: 1} if req.driver_resource else None
-    return client.submit_job(
-        entrypoint=req.entrypoint, submission_id=req.submission_id,
-        runtime_env={"working_dir": str(req.working_dir), "env_vars": req.env},
-        entrypoint_num_cpus=req.entrypoint_cpus, entrypoint_resources=resources, metadata=req.metadata)
+    with _quiet_packaging():  # "Creating a file package ...", "Pushing file package ..." at every submit
+        return client.submit_job(
+            entrypoint=req.entrypoint, submission_id=req.submission_id,
+            runtime_env={"working_dir": str(req.working_dir), "env_vars": req.env},
+            entrypoint_num_cpus=req.entrypoint_cpus, entrypoint_resources=resources, metadata=req.metadata)
+
+
+PACKAGING_LOGGERS = ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk")
+
+
+@contextlib.contextmanager
+def _quiet_packaging():
+    """Ray's INFO lines about packaging and uploading the working dir, off unless -v (warnings stay)."""
+    from sweep_platform import quiet
+
+    loggers = [] if quiet.verbose() else [logging.getLogger(n) for n in PACKAGING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def follow(address: str, job_id: str, echo: Callable[[str], None], *, driver_resource: str | None = None,

@@ -33,14 +33,23 @@ def running_cluster() -> str | None:
     return services.canonicalize_bootstrap_address(None)
 
 
-def ensure_ray(quiet: bool = True) -> dict:
-    """Initialise Ray once per process; returns the cluster's resources."""
+def ensure_ray(quiet: bool | None = None) -> dict:
+    """Initialise Ray once per process; returns the cluster's resources.
+
+    Workers' output reaches the driver (log_to_driver: tracebacks, Tune's warnings), less the lines that
+    sweep_platform.quiet drops; `quiet` None means: unless -v / BINSWEEP_DEBUG=1."""
     import ray
 
+    from sweep_platform import quiet as _quiet
+
+    if quiet is None:
+        quiet = not _quiet.verbose()
     if not ray.is_initialized():
         # Tune/Train V2 in one process; the driver-function pattern needs no V1 shims.
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        kwargs = dict(log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO)
+        _quiet.install()
+        _quiet.install_ray_filter()
+        kwargs = dict(log_to_driver=True, logging_level=logging.WARNING if quiet else logging.INFO)
         address = running_cluster()
         if address:
             # a submitted job already carries its runtime environment (working dir, env vars); num_cpus and
@@ -52,7 +61,8 @@ def ensure_ray(quiet: bool = True) -> dict:
             ray.init(num_cpus=local_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
                      resources=head_resources(),  # the one node is the head: sweep and trial drivers live here
                      # workers see the driver's BINSWEEP_HOME, so relative paths mean the same everywhere
-                     runtime_env={"env_vars": {"BINSWEEP_HOME": str(paths.home())}}, **kwargs)
+                     runtime_env={"env_vars": {"BINSWEEP_HOME": str(paths.home()), **_quiet.worker_env()}},
+                     **kwargs)
     return ray.cluster_resources()
 
 

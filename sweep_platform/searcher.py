@@ -46,7 +46,7 @@ class SweepSearch(OptunaSearch):
     """OptunaSearch with pruning and best values; see the module docstring. Its state (configs, best results) is
     part of `__dict__`, which OptunaSearch.save/restore pickle, so it survives `binsweep resume`."""
 
-    def __init__(self, spec: SweepSpec, study_name: str):
+    def __init__(self, spec: SweepSpec, study_name: str, parent_run_id: str | None = None):
         from sweep_platform.optuna_space import make_sampler
 
         multi = spec.multi_objective
@@ -57,6 +57,7 @@ class SweepSearch(OptunaSearch):
         self._configs: dict[str, dict] = {}
         self._best: dict[str, dict] = {}  # trial id -> the result of its best epoch so far
         self._last_epoch: dict[str, int] = {}
+        describe_study(self._ot_study, spec, study_name, parent_run_id)
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -125,6 +126,26 @@ class SweepSearch(OptunaSearch):
             log.warning("Optuna refused trial %s (%s): %s", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)
         self._configs.pop(trial_id, None)
+
+
+def describe_study(study, spec: SweepSpec, sweep_name: str, parent_run_id: str | None) -> None:
+    """What optuna-dashboard shows of the sweep: the objectives named after the sweep's metrics (not "Objective 0"),
+    and the sweep's name, MLflow parent run and trainable as user attributes. Never fails the sweep."""
+    attrs = {"sweep": sweep_name, "trainable": spec.trainable}
+    if parent_run_id:
+        attrs["mlflow_parent_run_id"] = parent_run_id
+    import warnings
+
+    try:
+        if study.metric_names != list(spec.metrics):
+            with warnings.catch_warnings():  # "set_metric_names is experimental" (Optuna 5 still says so)
+                warnings.simplefilter("ignore")
+                study.set_metric_names(list(spec.metrics))
+        for key, value in attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
+    except Exception as exc:  # noqa: BLE001 - labels for the dashboard are not worth failing a sweep for
+        log.warning("Optuna study %s: could not record the sweep's metric names and attributes: %s", sweep_name, exc)
 
 
 class RetriedTrials(Callback):

@@ -85,13 +85,17 @@ def reuse_actors(spec: SweepSpec) -> bool:
 
 
 def _tune_env() -> None:
-    # The progress table is the only output: Ray's new output engine prints its experiment header and every trial
+    # The progress table is the main output: Ray's new output engine prints its experiment header and every trial
     # error even with verbose=0, the legacy one honours it. Trial errors are shown once, as one line; full
-    # tracebacks stay in each trial's error.txt (and on screen with BINSWEEP_DEBUG=1).
+    # tracebacks stay in each trial's error.txt (and on screen with BINSWEEP_DEBUG=1). Tune's warnings (e.g. a trial
+    # that cannot get its resources) and workers' output reach the user, less what sweep_platform.quiet drops.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from sweep_platform import quiet
+
+    quiet.install()
     if os.environ.get("BINSWEEP_DEBUG") != "1":
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": the table says so
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
         # OptunaSearch reports intermediate values at Tune's training_iteration, which restarts at 1 in a resumed
         # trial; Optuna then ignores them (harmless: the study uses no pruner; ASHA stops on epochs)
         warnings.filterwarnings("ignore", message="The reported value is ignored because this `step",
@@ -103,9 +107,15 @@ def _tune_env() -> None:
 
 
 class _OnlyStopSignal(logging.Filter):
+    """ray.tune.tune's lines less those the table and our own Ctrl-C message say ("Trials did not complete", Tune's
+    resume hint naming a Python entry point); its answer to Ctrl-C in our words."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Stop signal received"):
+        msg = str(record.msg)
+        if msg.startswith("Trials did not complete") or "has been interrupted, but the most recent state" in msg:
             return False
+        if not msg.startswith("Stop signal received"):
+            return True
         record.msg, record.args = ("Ctrl-C: stopping the running trials and saving the sweep so that `binsweep "
                                    "resume` can continue it (Ctrl-C again skips the saving)"), ()
         return True
@@ -180,7 +190,7 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
         _trainable(ctx, cluster),
         tune_config=ray.tune.TuneConfig(
             metric=spec.metric, mode=spec.mode,  # the scheduler's (ASHA stops on the first objective)
-            search_alg=_searcher(spec, name), scheduler=_scheduler(spec), num_samples=spec.trials,
+            search_alg=_searcher(spec, name, parent), scheduler=_scheduler(spec), num_samples=spec.trials,
             max_concurrent_trials=conc, trial_name_creator=_trial_id, trial_dirname_creator=_trial_id,
             reuse_actors=reuse_actors(spec)),
         run_config=ray.tune.RunConfig(
@@ -212,10 +222,10 @@ def resume_sweep(name: str, *, retry_failed: bool = False, say=lambda text: None
     return _fit(tuner, ctx)
 
 
-def _searcher(spec: SweepSpec, study_name: str):
+def _searcher(spec: SweepSpec, study_name: str, parent_run_id: str | None = None):
     from sweep_platform.searcher import SweepSearch
 
-    return SweepSearch(spec, study_name)
+    return SweepSearch(spec, study_name, parent_run_id)
 
 
 def _scheduler(spec: SweepSpec):

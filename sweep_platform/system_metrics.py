@@ -17,6 +17,7 @@ import threading
 
 log = logging.getLogger(__name__)
 SAMPLING_INTERVAL_S = 10
+JOIN_S = 10  # how long a trial's end waits for a monitor still looking for the trial's run
 
 
 class TrialSystemMetrics:
@@ -35,6 +36,8 @@ class TrialSystemMetrics:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        # a trial shorter than the run lookup still gets its sample: wait (briefly) for the monitor to start
+        self._thread.join(timeout=JOIN_S)
         with self._lock:
             monitor, self._monitor = self._monitor, None
         if monitor is not None:
@@ -42,6 +45,9 @@ class TrialSystemMetrics:
                 monitor.finish()  # stops its thread and flushes what it logged
                 # the samples since its last logging (all of them in a trial shorter than the interval)
                 tail = monitor.aggregate_metrics()
+                if not tail:  # stopped before its thread took a sample
+                    monitor.collect_metrics()
+                    tail = monitor.aggregate_metrics()
                 if tail:
                     monitor.publish_metrics(tail)
                     monitor.mlflow_logger.flush()
@@ -55,16 +61,14 @@ class TrialSystemMetrics:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            run = find_trial_run(*self._args, wait_s=60)
-            if run is None or self._stop.is_set():
+            run = find_trial_run(*self._args, wait_s=JOIN_S)
+            if run is None:
                 return
             monitor = SystemMetricsMonitor(run.info.run_id, sampling_interval=SAMPLING_INTERVAL_S,
                                            resume_logging=True, node_id=socket.gethostname(),
                                            tracking_uri=tracking.tracking_uri())
             with self._lock:
-                if self._stop.is_set():
-                    return
-                monitor.start()
+                monitor.start()  # its first sample is taken at once, so even a short trial logs one
                 self._monitor = monitor
         except Exception as e:  # noqa: BLE001 - e.g. psutil missing, MLflow unreachable: training goes on
             log.warning("system metrics off for trial %s: %s", self._args[2], e)

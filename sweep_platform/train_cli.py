@@ -15,10 +15,11 @@ from sweep_platform.errors import console
 
 
 def _summary_table(outcome, spec) -> Table:
+    from sweep_platform.progress import fmt, train_keys
+
     table = Table(title="per-epoch metrics (rank 0, all-reduced)")
     primary = spec.primary_metric
-    wanted = dict.fromkeys(("train_loss", "val_loss", primary, *spec.reported_metrics, "samples_per_s"))
-    keys = [k for k in wanted if any(k in h for h in outcome.history)]
+    keys = train_keys(spec, outcome.history)  # the columns of the progress lines too
     table.add_column("epoch", justify="right")
     for k in keys:
         table.add_column(k, justify="right")
@@ -26,7 +27,7 @@ def _summary_table(outcome, spec) -> Table:
     best = min(outcome.history, key=lambda h: sign * h.get(primary, sign * float("inf"))) if outcome.history else None
     for h in outcome.history:
         mark = " *" if h is best else ""
-        table.add_row(f"{int(h['epoch'])}{mark}", *[f"{h[k]:.4g}" if k in h else "" for k in keys])
+        table.add_row(f"{int(h['epoch'])}{mark}", *[fmt(h[k]) if k in h else "" for k in keys])
     return table
 
 
@@ -44,6 +45,7 @@ def train(
 ) -> None:
     """Train once on Ray Train (local Ray, or the cluster in RAY_ADDRESS) and log the run to MLflow."""
     from sweep_platform import configfile, tracking
+    from sweep_platform.progress import TrainProgress
     from sweep_platform.training import Resources, run_training
     from trainables.registry import get_trainable
 
@@ -55,7 +57,8 @@ def train(
                   f"{gpus_per_worker:g} GPU(s) each; MLflow {tracking.redact(tracking.tracking_uri())}",
                   highlight=False)
     outcome = run_training(trainable, cfg, name=run_name, resources=resources, max_failures=max_failures,
-                           experiment=experiment, fault=os.environ.get("BINSWEEP_FAULT"))
+                           experiment=experiment, fault=os.environ.get("BINSWEEP_FAULT"),
+                           progress=TrainProgress(spec, getattr(getattr(cfg, "train", None), "epochs", None), console))
     console.print(_summary_table(outcome, spec))
     if outcome.evaluation is not None:
         console.print(outcome.evaluation.summary, highlight=False)

@@ -117,7 +117,8 @@ class Resources:
 
 
 def make_trainer(spec: TrainableSpec, config: BaseModel, *, name: str, resources: Resources, max_failures: int = 0,
-                 keep_checkpoints: int = 2, callbacks: list | None = None, fault: str | None = None):
+                 keep_checkpoints: int = 2, callbacks: list | None = None, fault: str | None = None,
+                 progress_channel=None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -128,7 +129,8 @@ def make_trainer(spec: TrainableSpec, config: BaseModel, *, name: str, resources
         per_worker["GPU"] = resources.gpus_per_worker
     return TorchTrainer(
         train_worker,
-        train_loop_config={"trainable": spec.name, "config": config.model_dump(mode="json"), "fault": fault},
+        train_loop_config={"trainable": spec.name, "config": config.model_dump(mode="json"), "fault": fault,
+                           **({"progress": progress_channel} if progress_channel is not None else {})},
         scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -231,18 +233,27 @@ def metric_history(run_id: str) -> list[dict[str, float]]:
 
 def run_training(trainable: str, config: BaseModel, *, name: str, resources: Resources = Resources(),
                  max_failures: int = 0, keep_checkpoints: int = 2, experiment: str | None = None,
-                 evaluate: bool = True, fault: str | None = None) -> Outcome:
+                 evaluate: bool = True, fault: str | None = None, progress=None) -> Outcome:
+    """`progress`: a `sweep_platform.progress.TrainProgress`, shown while the trainer runs (see that module)."""
     spec = get_trainable(trainable)
     config = resolve_data_root(spec, config)
     ray_runtime.ensure_ray()
     run_id = _find_or_create_run(spec, config, name, experiment, resources)
     c = tracking.client()
+    callbacks = [MlflowEpochLogger(tracking.tracking_uri(), run_id)]
+    if progress is not None:
+        progress.start()
+        callbacks.append(progress.callback())  # after the MLflow logger: a printed epoch is already in MLflow
     trainer = make_trainer(spec, config, name=name, resources=resources, max_failures=max_failures,
-                           keep_checkpoints=keep_checkpoints, fault=fault,
-                           callbacks=[MlflowEpochLogger(tracking.tracking_uri(), run_id)])
+                           keep_checkpoints=keep_checkpoints, fault=fault, callbacks=callbacks,
+                           progress_channel=progress.channel if progress is not None else None)
     t0 = time.perf_counter()
     try:
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        finally:
+            if progress is not None:
+                progress.stop()
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised as the root cause
         cause = root_cause(exc)
         tracking.with_retries(lambda: c.set_tag(run_id, names.TAG_ERROR, tracking.redact(str(cause))[:5000]),

@@ -79,7 +79,7 @@ def test_a_sweep_job_carries_only_the_git_sha_unless_settings_are_given(checkout
     assert res.exit_code == 0, res.output
     sent = cluster.submitted[0]
     assert sent["runtime_env"]["env_vars"] == {"BINSWEEP_GIT_SHA": "f" * 40}  # nothing of this shell
-    assert sent["entrypoint"] == "python -m sweep_platform sweep search_spaces/s.yaml --name s1 --no-progress"
+    assert sent["entrypoint"] == "python -m sweep_platform sweep search_spaces/s.yaml --name s1"
     assert sent["submission_id"] == "binsweep-s1"
     assert sent["entrypoint_resources"] == {"sweep_driver": 1} and sent["entrypoint_num_cpus"] == 1.0
     assert sent["metadata"] == {names.JOB_COMMAND: "sweep", names.JOB_SWEEP: "s1",
@@ -101,7 +101,7 @@ def test_settings_travel_when_given_as_flags_or_env(checkout, cluster):
         "BINSWEEP_GIT_SHA": "abc", "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
         "BINSWEEP_RAY_STORAGE": "s3://bucket/ray", "BINSWEEP_OPTUNA_STORAGE": "postgresql://optuna@db/optuna",
         "OMP_NUM_THREADS": "4"}
-    assert sent["entrypoint"].endswith("--no-progress --max-failures 0 --concurrency 8")
+    assert sent["entrypoint"].endswith("--name s2 --max-failures 0 --concurrency 8")
     assert "not sent: MLFLOW_EXPERIMENT_NAME of this shell" in res.output
 
 

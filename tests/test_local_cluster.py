@@ -364,3 +364,29 @@ def test_start_again_is_a_noop_and_stop_ends_everything(cluster):
         raise AssertionError("PostgreSQL is still running")
     print(f"local cluster: start {cluster['t_start']:.1f}s, README sweep job {cluster.get('t_sweep', 0):.1f}s, "
           f"total {time.monotonic() - cluster['t0']:.1f}s")
+
+
+def test_watch_reads_the_readme_sweep_from_the_server(cluster):
+    """`binsweep watch NAME --once` from a machine that knows only the MLflow server (its MLFLOW_TRACKING_URI): the
+    sweep's two trials in their final states."""
+    import re
+
+    assert cluster.get("experiment_id"), "the sweep did not run"
+    env = {k: v for k, v in cluster["job_env"].items() if not k.startswith(("RAY_", "BINSWEEP_"))}
+    env.update(BINSWEEP_HOME=str(cluster["home"] / "laptop"), COLUMNS="120")
+    res = _binsweep("watch", SWEEP_NAME, "--once", env=env, cwd=cluster["home"], timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"sweep {SWEEP_NAME} (bast): finished | trials 2 done, 0 running, 0 failed of 2" in \
+        " ".join(res.stdout.split()), res.stdout
+    states = [ln.split()[1] for ln in res.stdout.splitlines() if re.match(r"\s*[0-9a-f]+\s+(completed|stopped)\s", ln)]
+    assert len(states) == 2 and set(states) <= {"completed", "stopped"}, res.stdout
+    js = _binsweep("watch", SWEEP_NAME, "--once", "-f", "json", env=env, cwd=cluster["home"], timeout=120)
+    assert js.returncode == 0, js.stdout + js.stderr
+    snap = json.loads(js.stdout)
+    assert snap["state"] == "finished" and len(snap["trials"]) == 2
+    assert all(t["epoch"] in (1, 2) and t["epochs"] == 2 and t["best"] is not None for t in snap["trials"])
+
+
+# the tests run in definition order: the one that stops the cluster goes last again, after the watch test above
+_STOP_TEST = "test_start_again_is_a_noop_and_stop_ends_everything"
+globals()[_STOP_TEST] = globals().pop(_STOP_TEST)

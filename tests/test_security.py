@@ -86,11 +86,11 @@ def test_submit_address_and_entrypoint(monkeypatch, tmp_path):
     (tmp_path / "search_spaces").mkdir()
     req = jobs.JobRequest(sweep_file=tmp_path / "search_spaces" / "s.yaml", working_dir=tmp_path, name="s1",
                           address="http://head:8265", env={"MLFLOW_TRACKING_URI": "http://m:5000"})
-    assert req.entrypoint == "python -m sweep_platform sweep search_spaces/s.yaml --name s1 --no-progress"
+    assert req.entrypoint == "python -m sweep_platform sweep search_spaces/s.yaml --name s1"
     assert req.submission_id == "binsweep-s1"
     tuned = jobs.JobRequest(sweep_file=tmp_path / "search_spaces" / "s.yaml", working_dir=tmp_path, name="s1",
                             address="http://head:8265", concurrency=8, max_failures=0)
-    assert tuned.entrypoint.endswith("--no-progress --max-failures 0 --concurrency 8")  # overrides reach the job
+    assert tuned.entrypoint.endswith("--name s1 --max-failures 0 --concurrency 8")  # overrides reach the job
     line = req.command_line()
     assert "--entrypoint-resources '{\"sweep_driver\": 1}'" in line and line.endswith(req.entrypoint)
     outside = jobs.JobRequest(sweep_file=tmp_path.parent / "elsewhere.yaml", working_dir=tmp_path, name="s2",

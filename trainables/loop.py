@@ -266,15 +266,22 @@ class Session(Protocol):
     def close(self) -> None:
         """Wait for checkpoints still being persisted (raises a failure to persist one)."""
 
+    # Optional: a session may also define `step_progress(epoch, step, steps)`, called on rank 0 after every optimizer
+    # step (step 0 at the start of an epoch). It must be cheap (throttle what it sends); sessions without it get no
+    # calls.
+
 
 class RayTrainSession:
     """The loop inside a Ray Train worker group: DDP through `prepare_model`, checkpoints uploaded by Train in the
     background (CheckpointUploadMode.ASYNC), kept and restored by Train."""
 
-    def __init__(self):
+    STEP_POST_S = 2.0  # rank 0 sends its step to the progress channel at most this often
+
+    def __init__(self, progress=None):
         import ray.train
         import ray.train.torch
 
+        self._progress, self._posted = progress, 0.0  # an actor handle with `post.remote(dict)`, or None
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -305,10 +312,25 @@ class RayTrainSession:
     def close(self) -> None:
         pass  # Train waits for its uploads before the run ends
 
+    def step_progress(self, epoch: int, step: int, steps: int) -> None:
+        """Rank 0's step, for the driver's progress bar: fire-and-forget, at most every STEP_POST_S seconds (and at
+        each epoch's first and last step), so a step never waits on it."""
+        if self._progress is None or self.rank != 0:
+            return
+        now = time.monotonic()
+        if step not in (0, steps) and now - self._posted < self.STEP_POST_S:
+            return
+        self._posted = now
+        try:
+            self._progress.post.remote({"kind": "step", "epoch": epoch, "step": step, "steps": steps})
+        except Exception:  # noqa: BLE001 - progress never fails a run (e.g. the driver's actor is gone)
+            self._progress = None
+
 
 def train_worker(loop_config: dict) -> None:
-    """`train_loop_per_worker` of every TorchTrainer: {"trainable": name, "config": dict, "fault": str | None}."""
-    train_loop(loop_config, RayTrainSession())
+    """`train_loop_per_worker` of every TorchTrainer: {"trainable": name, "config": dict, "fault": str | None,
+    optionally "progress": an actor handle for `RayTrainSession.step_progress`}."""
+    train_loop(loop_config, RayTrainSession(progress=loop_config.get("progress")))
 
 
 NAN_CHECK_STEPS = 64  # the NaN guard reads the device's losses this often (one host-device sync per 64 steps)
@@ -363,6 +385,7 @@ def train_loop(loop_config: dict, session: Session) -> None:
     model = session.prepare_model(model)
     _move_optimizer_state(optimizer, device)
     step_model = torch.compile(model) if tc.compile else model
+    on_step = getattr(session, "step_progress", None) if rank == 0 else None  # optional in a Session
 
     try:
         for epoch in range(start_epoch + 1, tc.epochs + 1):  # 1-based: `epoch` = epochs completed after this one
@@ -372,7 +395,8 @@ def train_loop(loop_config: dict, session: Session) -> None:
             model.train()
             t0 = epoch_start = time.perf_counter()
             loss_sum, seen = _train_epoch(spec.name, recipe, model, step_model, optimizer, scheduler, scaler,
-                                          precision, device, epoch, rank, world, tc.grad_clip)
+                                          precision, device, epoch, rank, world, tc.grad_clip,
+                                          on_step=on_step, steps=steps)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
@@ -406,9 +430,12 @@ def train_loop(loop_config: dict, session: Session) -> None:
 
 
 def _train_epoch(name, recipe, model, step_model, optimizer, scheduler, scaler, precision, device, epoch, rank,
-                 world, grad_clip) -> tuple[torch.Tensor, int]:
+                 world, grad_clip, on_step=None, steps: int = 0) -> tuple[torch.Tensor, int]:
     """One epoch of optimizer steps; the loss sum stays on the device (no host sync per step)."""
     from trainables.prefetch import prefetch
+
+    if on_step is not None:
+        on_step(epoch, 0, steps)
 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen, pending, first = 0, [], 1
@@ -435,6 +462,8 @@ def _train_epoch(name, recipe, model, step_model, optimizer, scheduler, scaler, 
         if len(pending) == NAN_CHECK_STEPS:
             _nan_guard(name, pending, first, epoch, rank)
             first, pending = step + 1, []
+        if on_step is not None:
+            on_step(epoch, step, steps)
     if pending:
         _nan_guard(name, pending, first, epoch, rank)
     return loss_sum, seen
