@@ -217,7 +217,7 @@ def test_the_same_model_twice_never_swaps(world, twin):
     v2 = version("bast-twin", "2")
     assert v2.tags[names.TAG_FORCED] == "true" and "identical" in v2.tags[names.TAG_FORCED_REASON]
     # pr-twin's sweep.yaml has a space: the card lists exactly its searched keys (not the fixed train.epochs)
-    assert "- parameters (searched by the sweep): model.sharing=NSP, model.integration=sub, train.lr=0.003\n" \
+    assert "- parameters (searched by the sweep): model.sharing=NSP, model.integration=sub, train.lr=3e-3\n" \
            in v2.description
 
 
