@@ -240,8 +240,10 @@ def test_a_sweep_on_nodes_that_join_late_and_die(rehearsal):
     (c, recovery_s, done_before), = recovered
     assert _tag(c, "binsweep.restarts") == "1" and 1 <= done_before < EPOCHS
     # retried on another node from its newest checkpoint in the object store, not from scratch: at most the epoch
-    # whose checkpoint was still uploading when the node died is trained again (and logged once)
-    assert done_before - 1 <= int(_tag(c, "binsweep.resumed_from_epoch")) <= done_before
+    # whose checkpoint was still uploading when the node died is trained again (and logged once). done_before counts
+    # epochs MLflow had logged at the kill; one reported just before it may be logged just after (the driver logs
+    # results as Tune processes them), hence + 1
+    assert max(1, done_before - 1) <= int(_tag(c, "binsweep.resumed_from_epoch")) <= done_before + 1
     figures["killed trial: kill -> next epoch logged"] = recovery_s
     figures["killed trial: epochs done before the kill"] = done_before
     parent = _rest(base, f"runs/get?run_id={parent['info']['run_id']}")["run"]
