@@ -125,9 +125,9 @@ def _trial_id(trial) -> str:
     return trial.trial_id
 
 
-def _trainable(ctx: SweepContext, cluster: dict[str, float]):
+def _trainable(ctx: SweepContext, cluster: dict[str, float], ceiling: dict[str, float] | None):
     # the same function on start and on restore (Tune checks its name); the context rides in the object store
-    slots = offers_driver_slots(cluster, max_cluster_resources())
+    slots = offers_driver_slots(cluster, ceiling)
     return ray.tune.with_resources(ray.tune.with_parameters(run_trial, sweep=ctx), trial_resources(ctx.spec, slots))
 
 
@@ -176,7 +176,8 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     trainable = get_trainable(spec.trainable)
     base = resolve_data_root(trainable, trial_model_config(spec, {}))  # the base config and its dataset, checked once
     cluster = ray_runtime.ensure_ray()
-    conc = trials_at_once(spec, cluster, max_cluster_resources())
+    ceiling = max_cluster_resources()
+    conc = trials_at_once(spec, cluster, ceiling)
     exp_id, parent = parent_run.create(name, spec, sweep_file=sweep_file, concurrency=conc,
                                        optuna_storage=storage.optuna_storage(), fingerprint=dataset_fingerprint(base),
                                        dataset_root=getattr(getattr(base, "data", None), "root", None))
@@ -187,7 +188,7 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
         f"({tracking.redact(tracking.tracking_uri())}); Tune {storage.sweep_dir(name)}")
     _tune_env()
     tuner = ray.tune.Tuner(
-        _trainable(ctx, cluster),
+        _trainable(ctx, cluster, ceiling),
         tune_config=ray.tune.TuneConfig(
             metric=spec.metric, mode=spec.mode,  # the scheduler's (ASHA stops on the first objective)
             search_alg=_searcher(spec, name, parent), scheduler=_scheduler(spec), num_samples=spec.trials,
@@ -217,7 +218,7 @@ def resume_sweep(name: str, *, retry_failed: bool = False, say=lambda text: None
     say(f"resuming sweep [bold]{name}[/bold]: MLflow parent run {ctx.parent_run_id}; Tune {path}")
     _tune_env()
     # callbacks, searcher (with its Optuna study) and the trials come back from the experiment directory
-    tuner = ray.tune.Tuner.restore(path, trainable=_trainable(ctx, cluster), resume_unfinished=True,
+    tuner = ray.tune.Tuner.restore(path, trainable=_trainable(ctx, cluster, max_cluster_resources()), resume_unfinished=True,
                                    resume_errored=retry_failed)
     return _fit(tuner, ctx)
 

@@ -160,14 +160,19 @@ def _smoke_sweep() -> dict:
     return data
 
 
-def _working_dir(root: Path) -> Path:
-    """What `--working-dir .` uploads from a checkout: the code, the search spaces, .rayignore; plus the things
-    .rayignore must keep out (a dataset, runs, a virtual environment)."""
-    wd = root / "checkout"
+def copy_code(wd: Path) -> Path:
+    """The code, the search spaces and .rayignore of this checkout, copied into `wd` (what a job uploads)."""
     for part in ("sweep_platform", "trainables", "search_spaces"):
         shutil.copytree(REPO / part, wd / part, ignore=shutil.ignore_patterns("__pycache__"))
     for f in (".rayignore", "pyproject.toml", "README.md"):
         shutil.copy(REPO / f, wd / f)
+    return wd
+
+
+def _working_dir(root: Path) -> Path:
+    """What `--working-dir .` uploads from a checkout: the code, the search spaces, .rayignore; plus the things
+    .rayignore must keep out (a dataset, runs, a virtual environment)."""
+    wd = copy_code(root / "checkout")
     (wd / "search_spaces" / "e2e_smoke.yaml").write_text(yaml.safe_dump(_smoke_sweep(), sort_keys=False))
     for junk in ("data/big.bin", "runs/mlflow.db", ".venv/lib/big.so"):
         (wd / junk).parent.mkdir(parents=True, exist_ok=True)

@@ -107,14 +107,7 @@ def test_train_progress_lines_off_a_terminal_use_the_final_tables_numbers():
 
 # ---------------------------------------------------------------------------------------- a real `binsweep train`
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from trainables.localization.builder import LocalizationBuildConfig, build
-
-    root = tmp_path_factory.mktemp("progress") / "loc_small"
-    build(LocalizationBuildConfig(generated_sounds=24, azimuths=tuple(range(0, 360, 30)), environments=("anechoic",),
-                                  test_fraction=0.25, shard_rows=48, seed=1), root)
-    return root
+from test_train import small_data  # noqa: E402,F401 - the same small dataset fixture as test_train.py
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_local_cluster import _exports, _free_ports, _http, _job_status, _metrics, _rest, _tag, _token
+from test_local_cluster import _exports, copy_code, _free_ports, _http, _job_status, _metrics, _rest, _tag, _token
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "cluster" / "local"
@@ -58,11 +58,7 @@ def _sweep_file() -> dict:
 
 def _checkout(root: Path) -> Path:
     """A git checkout of the code and the sweep file: what a researcher submits from."""
-    wd = root / "checkout"
-    for part in ("sweep_platform", "trainables", "search_spaces"):
-        shutil.copytree(REPO / part, wd / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for f in (".rayignore", "pyproject.toml", "README.md"):
-        shutil.copy(REPO / f, wd / f)
+    wd = copy_code(root / "checkout")
     (wd / "search_spaces" / "rehearsal.yaml").write_text(yaml.safe_dump(_sweep_file(), sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], cwd=wd, check=True)
