@@ -82,29 +82,11 @@ class Candidate:
     searched_from: str = "searched by the sweep"  # or, for a sweep without a recorded space, the key parameters
 
 
-def _sweep_file(ref) -> dict:
-    """The sweep's sweep.yaml as logged on its parent run; {} when there is none."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    import yaml
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        with tempfile.TemporaryDirectory(prefix="binsweep-sweepyaml-") as d:
-            data = yaml.safe_load(Path(tracking.client().download_artifacts(ref.run_id, "sweep.yaml", d))
-                                  .read_text())
-        return data if isinstance(data, dict) else {}
-    except Exception:  # noqa: BLE001 - no or unreadable sweep.yaml: the leaderboard's key parameters instead
-        return {}
-
-
-def _searched_params(ref, row: dict, params: dict[str, str]) -> tuple[dict[str, str], str]:
+def _searched_params(sweep_file: dict, row: dict, params: dict[str, str]) -> tuple[dict[str, str], str]:
     """The sweep's searched parameters (choice, int and float keys of its space) with this trial's values, and where
     the keys came from: for a sweep without a readable space, the leaderboard's key parameters (the trainable's,
     then those that vary between trials)."""
-    space = _sweep_file(ref).get("space")
+    space = sweep_file.get("space")
     keys = [k for k, p in space.items() if isinstance(p, dict) and {"choice", "int", "float"} & set(p)] \
         if isinstance(space, dict) else []
     source = "searched by the sweep"
@@ -116,7 +98,8 @@ def _searched_params(ref, row: dict, params: dict[str, str]) -> tuple[dict[str, 
 def best_candidate(sweep: str | None = None, trainable: str | None = None) -> Candidate:
     """The sweep's best finished trial with test metrics and a logged model, by the sweep's own metric."""
     ref = lb.find_sweep(sweep, trainable)
-    metric, mode = ref.objective()
+    sweep_file = ref.sweep_file()  # read once: the objective and the searched parameters both come from it
+    metric, mode = ref.objective(sweep_file)
     rows = lb.leaderboard(ref, metric=metric, mode=mode)
     test_metric = lb.default_metric(ref.trainable)
     usable = [r for r in rows if r["state"] in names.SUCCEEDED_STATES and r["value"] is not None
@@ -133,7 +116,7 @@ def best_candidate(sweep: str | None = None, trainable: str | None = None) -> Ca
         raise PromotionRefused(f"trial {best['trial']} of sweep {ref.name!r} (run {best['run_id']}) has no logged "
                                f"model in MLflow; nothing to register")
     params = dict(run.data.params)
-    searched, searched_from = _searched_params(ref, best, params)
+    searched, searched_from = _searched_params(sweep_file, best, params)
     return Candidate(sweep=ref.name, trial=str(best["trial"]), run_id=best["run_id"], trainable=ref.trainable,
                      metric=metric, value=float(best["value"]), model_uri=uri, params=params,
                      test_metrics=dict(best["metrics"]), fingerprint=run.data.tags.get(names.TAG_DATASET),
