@@ -4,10 +4,12 @@ The dry sounds and BRIR banks that a build keeps in `dry/` are loaded once onto 
 random sound, azimuth, environment and gain (and optional noise at a given SNR) and convolves on the device with
 FFTs (torchaudio.functional.fftconvolve). A few hundred MB of dry audio thus give millions of distinct samples.
 All random draws come from one CPU `torch.Generator`, so the same seed gives the same batch on any device.
+The held-out room family of a randomised-room build (heldout-*) is never drawn unless `environments` names it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 from pathlib import Path
 
@@ -16,14 +18,16 @@ import torch
 import torchaudio.functional as AF
 
 from trainables import datastore
+from trainables.localization.reader import match_environments
 
 
 class OnTheFlyRenderer:
-    """Draws rendered batches: {"wave": [B, 2, S], "azimuth": [B] int64 degrees, "environment": [B] int64}."""
+    """Draws rendered batches: {"wave": [B, 2, S], "azimuth": [B] int64 degrees, "environment": [B] int64 (an
+    index into `self.environments`)}. `environments`: names or patterns (room-*) to draw from."""
 
     def __init__(self, root: str | Path, device: str | torch.device = "cpu", sounds_split: str = "trainval",
                  gain_db: tuple[float, float] = (-6.0, 6.0), snr_db: float | tuple[float, float] | None = None,
-                 n_samples: int | None = None):
+                 n_samples: int | None = None, environments: list[str] | tuple[str, ...] | None = None):
         dry, brirs = datastore.join(root, "dry", "sounds.parquet"), datastore.join(root, "dry", "brirs.npz")
         for f in (dry, brirs):
             if not datastore.is_file(f):
@@ -41,7 +45,12 @@ class OnTheFlyRenderer:
         self.sounds = torch.from_numpy(np.ascontiguousarray(clips)).to(self.device)  # [N, S]
         bank = np.load(io.BytesIO(datastore.read_bytes(brirs)))
         self.azimuths = torch.from_numpy(bank["azimuths"].astype(np.int64))
-        self.environments = [str(e) for e in bank["environments"]]
+        available = [str(e) for e in bank["environments"]]
+        if environments is None:  # every environment a model may train on: not the held-out rooms
+            self.environments = [e for e in available if not fnmatch.fnmatch(e, "heldout-*")]
+        else:
+            keep = match_environments(environments, available, str(brirs))
+            self.environments = [e for e in available if e in keep]
         longest = max(bank[f"brir_{e}"].shape[-1] for e in self.environments)
         # One [E, A, 2, L] tensor (shorter banks zero-padded) so a batch gathers its BRIRs in one indexing op.
         self.brirs = torch.stack([

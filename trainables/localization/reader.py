@@ -9,6 +9,7 @@ through the dataset's filesystem (`trainables.datastore`), from a local folder o
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Iterator
 
@@ -21,11 +22,33 @@ from trainables.localization import shards
 from trainables.sharding import ShardedSplit
 
 
+def match_environments(patterns, available: list[str], where: str) -> set[str]:
+    """The environments named by `patterns`: names or shell-style patterns (fnmatch, e.g. room-*). A pattern that
+    matches no environment of the dataset is an error naming it and what the dataset has."""
+    if isinstance(patterns, str):  # one name, not a list of its letters
+        patterns = [patterns]
+    keep, unmatched = set(), []
+    for pattern in patterns:
+        hits = fnmatch.filter(available, pattern)
+        keep.update(hits)
+        if not hits:
+            unmatched.append(pattern)
+    if unmatched:
+        raise ValueError(f"{where}: data.train_environments {', '.join(map(repr, unmatched))} matches no environment "
+                         f"in the dataset; it has {_summary(available)} (names or patterns such as 'room-*')")
+    return keep
+
+
+def _summary(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 12 else ", ".join(names[:10]) + f", ... ({len(names)} in all)"
+
+
 class ShardReader(ShardedSplit):
     """Yields {"wave": [B, 2, S] float32, "azimuth": [B] int64, "environment": [B] int64} batches.
 
     `environments` lists the names behind the environment codes: every environment of the dataset, sorted, so a
-    code means the same environment in every split. `environments=` restricts the rows to those environments.
+    code means the same environment in every split. `environments=` restricts the rows to those environments: names
+    or shell-style patterns (room-* = every training room of a randomised-room build).
     """
 
     def __init__(self, root: str | Path, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -38,11 +61,8 @@ class ShardReader(ShardedSplit):
         counts = self.manifest.data["counts"]
         self.environments = sorted({e for c in counts.values() if isinstance(c, dict)
                                     for e in c.get("by_environment", {})})
-        unknown = sorted(set(environments or ()) - set(self.environments))
-        if unknown:
-            raise ValueError(f"{self.manifest.root}: no environment {', '.join(map(repr, unknown))} in the dataset; "
-                             f"it has {', '.join(self.environments)}")
-        self.keep = None if environments is None else set(environments)
+        self.keep = None if environments is None else match_environments(
+            environments, self.environments, str(self.manifest.root))
         self.fs, self._base = datastore.filesystem(self.manifest.root)  # opened once; shards are paths inside it
         files = [(f"{self._base}/{e['file']}", self._rows_kept(e)) for e in self.manifest.entries(split)]
         super().__init__(files, batch_size=batch_size, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,

@@ -4,8 +4,8 @@ One row is one binaural clip. Columns:
     sound_id      string   which dry sound (splits are by sound, so a sound id lives in one split only)
     source        string   where the sound came from (generated family, file path, NI-CNN file name)
     azimuth_deg   int16    0..359, counter-clockwise, 0 = front, 90 = left
-    environment   string   anechoic | reverberant | any other named room
-    split         string   train | val | test
+    environment   string   anechoic | reverberant | room-NNN | heldout-NNN | any other named room
+    split         string   train | val | test | heldout
     sample_rate   int32
     left, right   fixed_size_list<int16 | float32>[n_samples]
 
@@ -33,7 +33,9 @@ import pyarrow.parquet as pq
 from trainables import datastore
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # every dataset has these
+# heldout: test sounds in rooms of a family never used for training (randomised-room builds only)
+ALL_SPLITS = SPLITS + ("heldout",)
 MANIFEST = "manifest.json"
 
 
@@ -141,8 +143,8 @@ class Manifest:
         return int(self.data["n_samples"])
 
     def entries(self, split: str) -> list[dict]:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        if split not in ALL_SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits are {', '.join(ALL_SPLITS)}")
         return [s for s in self.data["shards"] if s["split"] == split]
 
     def shards(self, split: str) -> list[Path | str]:
