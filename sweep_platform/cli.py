@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from sweep_platform import cli_options as opt
-from sweep_platform import results_cli, sweep_cli, train_cli, trainables_cli
+from sweep_platform import evaluate_cli, results_cli, sweep_cli, train_cli, trainables_cli
 from sweep_platform import watch as watch_cli
 from sweep_platform.cli_group import BinsweepGroup
 from sweep_platform.errors import console
@@ -33,6 +33,7 @@ app.command("sweep")(sweep_cli.sweep)
 app.command("resume")(sweep_cli.resume)
 app.command("submit")(sweep_cli.submit)
 app.command("watch")(watch_cli.watch_command)
+app.command("evaluate")(evaluate_cli.evaluate)
 
 PACKAGES = ("binsweep", "torch", "ray", "mlflow", "optuna")
 

@@ -83,7 +83,11 @@ def test_fixed_prediction_gives_hand_computed_metrics(dataset):
 
     result = ev.evaluate(model, dataset.root, batch_size=5)
     m = result.metrics
-    assert set(m) == {"test_ad_deg", "test_mse"} | {f"test_{k}.{e}" for k in ("ad_deg", "mse") for e in ENVS}
+    keys = ("ad_deg", "mse", "mse_ref", "front_back_rate")
+    assert set(m) == {f"test_{k}" for k in keys} | {f"test_{k}.{e}" for k in keys for e in ENVS}
+    # (1, 0) is in front; none of the 6 azimuths is on the interaural axis, and the 3 behind it (120, 180, 240) are
+    # confused: 3 / 6. MSE ref = MSE / 2
+    assert m["test_front_back_rate"] == pytest.approx(0.5) and m["test_mse_ref"] == pytest.approx(1.0)
     # 6 equally spaced azimuths, balanced: AD = mean(0, 60, 120, 180, 120, 60) = 90; MSE = 2 - 2 mean(cos az) = 2
     for env in ("", ".anechoic", ".reverberant"):
         assert m[f"test_ad_deg{env}"] == pytest.approx(90.0)
@@ -107,7 +111,8 @@ def test_fixed_prediction_gives_hand_computed_metrics(dataset):
 
 def test_prefix_and_split(dataset):
     result = ev.evaluate(Fixed((0.0, 1.0)), dataset.root, "val", prefix="val")  # always 90° (left)
-    assert set(result.metrics) == {"val_ad_deg", "val_mse"} | {f"val_{k}.{e}" for k in ("ad_deg", "mse") for e in ENVS}
+    keys = ("ad_deg", "mse", "mse_ref", "front_back_rate")
+    assert set(result.metrics) == {f"val_{k}" for k in keys} | {f"val_{k}.{e}" for k in keys for e in ENVS}
     np.testing.assert_allclose([s.ad_deg for s in result.per_azimuth], wrap(np.array(AZ) - 90), atol=1e-9)
     assert result.n == dataset.count("val")
 
@@ -129,8 +134,8 @@ def test_cross_environment_only_for_one_training_environment(dataset, tmp_path):
     assert saved["cross_environment"] == one.cross_environment
     assert "cross-environment" in one.table()
     # a stub has no attention maps: no rollout, everything else is written
-    assert set(one.files) == {"ad_per_azimuth", "hemifield", "predictions", "per_azimuth", "metrics",
-                              "cross_environment"}
+    assert set(one.files) == {"ad_per_azimuth", "hemifield", "predictions", "per_azimuth", "per_environment",
+                              "metrics", "cross_environment"}
 
 
 def test_tiny_bast_writes_every_file(dataset, tmp_path):
@@ -140,7 +145,7 @@ def test_tiny_bast_writes_every_file(dataset, tmp_path):
     assert model.training
 
     assert set(result.files) == {"ad_per_azimuth", "hemifield", "predictions", "attention_rollout", "per_azimuth",
-                                 "metrics", "cross_environment"}
+                                 "per_environment", "metrics", "cross_environment"}
     for name in ("ad_per_azimuth.png", "hemifield.png", "predictions.png", "attention_rollout.png"):
         path = tmp_path / name
         assert path in result.files.values()

@@ -132,8 +132,12 @@ def test_better_challenger_takes_the_alias_and_the_version_reads_like_a_model_ca
     params = re.search(r"- parameters \(key parameters; the sweep recorded no search space\): (.*)", card).group(1)
     for key, value in (("model.sharing", "NSP"), ("model.integration", "sub"), ("loss.name", "hybrid")):
         assert f"{key}={value}" in params
-    metrics = re.search(r"- test metrics: test_ad_deg ([\d.]+), test_mse ([\d.]+) \(n = 72 test samples", card)
-    assert metrics and float(metrics.group(1)) == pytest.approx(world.strong_test["test_ad_deg"], rel=1e-3)
+    # every test metric, sorted by name (test_ad_deg, test_front_back_rate, test_mse, test_mse_ref), then n
+    line = re.search(r"- test metrics: (.*) \(n = 72 test samples", card).group(1)
+    scored = {k: float(v) for k, v in (item.split(" ") for item in line.split(", "))}
+    assert list(scored) == sorted(scored) and {"test_ad_deg", "test_mse", "test_mse_ref"} <= set(scored)
+    assert scored["test_ad_deg"] == pytest.approx(world.strong_test["test_ad_deg"], rel=1e-3)
+    assert scored["test_mse_ref"] == pytest.approx(scored["test_mse"] / 2, rel=2e-3)  # the reference's scale
     assert f"- dataset: data/loc_results (fingerprint {world.fingerprint})" in card
     assert f"- sweep: lb-grid, trial 0, run {grid.run_id}; selected by val_ad_deg 48 (min)" in card
     gate_line = re.search(r"- gate for bast-up@champion: passed: (.*)", card).group(1)

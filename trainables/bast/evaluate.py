@@ -3,11 +3,14 @@ tables and plots.
 
 - `predict` streams a split through the front end and the model (eval mode, no gradients) and keeps, per sample, the
   prediction, the true azimuth, the environment and the angular error.
-- `evaluate` turns those into the metrics the platform logs (`{prefix}_ad_deg`, `{prefix}_mse`, and the same per
-  environment as `{prefix}_ad_deg.{env}`), the per-azimuth and per-environment breakdowns, the left/right hemifield
-  tests (Figs. 3–4) and, for a model trained on a single environment, its row of Table 3 (cross-environment AD).
+- `evaluate` turns those into the metrics the platform logs (`{prefix}_ad_deg`, `{prefix}_mse` (eq. 2),
+  `{prefix}_mse_ref` (eq. 2 / 2, the reference code's scale), `{prefix}_front_back_rate`, and the same per
+  environment as `{prefix}_ad_deg.{env}`, and per room family as `{prefix}_ad_deg.family-{family}` when the manifest
+  lists rooms), the per-azimuth and per-environment breakdowns, the left/right hemifield tests (Figs. 3–4) and, for a
+  model trained on a single environment, its row of Table 3 (cross-environment AD).
   With `out_dir` it writes the plots (Fig. 2 polar AD, hemifield boxes, prediction scatter and, for a model with
-  attention maps, the attention rollout of Fig. 6), `per_azimuth.csv`, `metrics.json` and `cross_environment.md`.
+  attention maps, the attention rollout of Fig. 6), `per_azimuth.csv`, `per_environment.csv`, `metrics.json` and
+  `cross_environment.md`.
 - `cross_environment_table` combines the Table 3 rows of several runs into one markdown table.
 
 The split is always evaluated on every environment of the dataset, whatever the model was trained on: that is how
@@ -18,6 +21,7 @@ Azimuths are degrees counter-clockwise from the front (90 = left). Notation: N s
 from __future__ import annotations
 
 import csv
+import fnmatch
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -29,6 +33,8 @@ import torch
 from trainables.audio import BinauralFrontEnd
 from trainables.bast import metrics
 from trainables.bast.metrics import GroupStats, HemifieldTest
+from trainables.localization import shards
+from trainables.localization.dataset_fit import check_input_fits, room_families
 from trainables.localization.reader import ShardReader
 from trainables.loop import unwrap
 
@@ -101,9 +107,9 @@ def predict(model: torch.nn.Module, root, split: str = "test", *, device="cpu", 
 class Evaluation:
     """Everything `evaluate` found, plus the files it wrote."""
 
-    metrics: dict[str, float]  # {prefix}_ad_deg, {prefix}_mse, and {prefix}_ad_deg.{env}, {prefix}_mse.{env}
+    metrics: dict[str, float]  # {prefix}_{metric}, {prefix}_{metric}.{env}, {prefix}_{metric}.family-{family}
     per_azimuth: list[GroupStats]  # all environments pooled
-    per_environment: list[GroupStats]
+    per_environment: list[GroupStats]  # one per environment value: a room of a randomised-room dataset
     hemifield: list[HemifieldTest] | None  # None when the split has fewer than 2 mirrored azimuth pairs
     cross_environment: dict[str, dict[str, float]] | None  # {train_env: {test_env: AD}}, single-environment runs
     files: dict[str, Path] = field(default_factory=dict)
@@ -111,6 +117,8 @@ class Evaluation:
     prefix: str = "test"
     n: int = 0
     predictions: Predictions | None = None  # per-sample errors, for paired tests between two models
+    per_family: list[GroupStats] = field(default_factory=list)  # room families, when the manifest lists rooms
+    families: dict[str, str] = field(default_factory=dict)  # room -> family
 
     def to_dict(self) -> dict:
         """JSON-ready: what `metrics.json` holds."""
@@ -119,6 +127,7 @@ class Evaluation:
             "n": self.n,
             "metrics": self.metrics,
             "per_environment": [_stats_dict(s) for s in self.per_environment],
+            "per_family": [_stats_dict(s) for s in self.per_family],
             "per_azimuth": [_stats_dict(s) for s in self.per_azimuth],
             "hemifield": None if self.hemifield is None else [t.to_dict() for t in self.hemifield],
             "cross_environment": self.cross_environment,
@@ -128,11 +137,16 @@ class Evaluation:
         """A plain-text summary: overall, per environment, hemifield tests and the cross-environment row."""
         lines = [f"{self.split} split: {self.n} samples"]
         head = f"{self.prefix}_" if self.prefix else ""
-        rows = [("all", self.n, self.metrics[f"{head}ad_deg"], self.metrics[f"{head}mse"])]
-        rows += [(str(s.group), s.n, s.ad_deg, s.mse) for s in self.per_environment]
+        fb = self.metrics.get(f"{head}front_back_rate")
+        rows = [("all", self.n, self.metrics[f"{head}ad_deg"], self.metrics[f"{head}mse"], fb)]
+        rows += [(str(s.group), s.n, s.ad_deg, s.mse, s.front_back_rate) for s in self.per_environment]
+        rows += [(f"family {s.group}", s.n, s.ad_deg, s.mse, s.front_back_rate) for s in self.per_family]
         width = max(len("environment"), *(len(r[0]) for r in rows))
-        lines.append(f"{'environment':<{width}}  {'n':>6}  {'AD (°)':>9}  {'MSE':>9}")
-        lines += [f"{name:<{width}}  {n:>6}  {ad:>9.3f}  {mse:>9.4f}" for name, n, ad, mse in rows]
+        lines.append(f"{'environment':<{width}}  {'n':>6}  {'AD (°)':>9}  {'MSE':>9}  {'MSE ref':>9}  {'F/B':>7}")
+        lines += [f"{name:<{width}}  {n:>6}  {ad:>9.3f}  {mse:>9.4f}  {mse / 2:>9.4f}  "
+                  f"{'–' if fb is None else f'{fb:.1%}':>7}" for name, n, ad, mse, fb in rows]
+        lines.append("MSE = eq. 2, mean squared distance; MSE ref = eq. 2 / 2, the reference code's nn.MSELoss; "
+                     "F/B = front/back confusion rate (targets off the interaural axis)")
         lines.append("")
         if self.hemifield is None:
             lines.append("hemifield tests: none (fewer than 2 mirrored azimuth pairs)")
@@ -151,7 +165,16 @@ class Evaluation:
 
 
 def _stats_dict(s: GroupStats) -> dict:
-    return {"group": s.group, "n": s.n, "ad_deg": s.ad_deg, "mse": s.mse}
+    return {"group": s.group, "n": s.n, "ad_deg": s.ad_deg, "mse": s.mse, "mse_ref": s.mse_ref,
+            "front_back_rate": s.front_back_rate}
+
+
+def _group_metrics(head: str, suffix: str, s: GroupStats) -> dict[str, float]:
+    """One group's metrics, keyed `{head}{metric}{suffix}`; the confusion rate only where it is defined."""
+    out = {f"{head}ad_deg{suffix}": s.ad_deg, f"{head}mse{suffix}": s.mse, f"{head}mse_ref{suffix}": s.mse_ref}
+    if s.front_back_rate is not None:
+        out[f"{head}front_back_rate{suffix}"] = s.front_back_rate
+    return out
 
 
 def evaluate(model: torch.nn.Module, root, split: str = "test", *, out_dir=None, device="cpu", batch_size: int = 64,
@@ -166,10 +189,23 @@ def evaluate(model: torch.nn.Module, root, split: str = "test", *, out_dir=None,
     head = f"{prefix}_" if prefix else ""
 
     values = metrics.summary(pred, target, prefix)
+    values[f"{head}mse_ref"] = metrics.mse_ref(pred, target)
+    fb = metrics.front_back_rate(pred, target)
+    if fb is not None:
+        values[f"{head}front_back_rate"] = fb
     per_environment = metrics.per_environment(pred, target, preds.environment)
     for s in per_environment:
-        values[f"{head}ad_deg.{s.group}"] = s.ad_deg
-        values[f"{head}mse.{s.group}"] = s.mse
+        values.update(_group_metrics(head, f".{s.group}", s))
+    # Rooms the manifest lists with a family (training / held-out rooms) also count towards their family.
+    present = set(preds.environment)
+    families = {env: fam for env, fam in room_families(shards.load_manifest(root)).items() if env in present}
+    per_family = []
+    if families:
+        listed = np.isin(preds.environment, list(families))
+        family_of = np.array([families.get(e, "") for e in preds.environment])
+        per_family = metrics.per_group(pred[listed], target[listed], family_of[listed])
+        for s in per_family:
+            values.update(_group_metrics(head, f".family-{s.group}", s))
     per_azimuth = metrics.per_azimuth(pred, target, preds.azimuth_deg)
 
     # A split whose azimuths have fewer than 2 mirrored pairs cannot be tested at all; an environment without pairs
@@ -187,7 +223,7 @@ def evaluate(model: torch.nn.Module, root, split: str = "test", *, out_dir=None,
 
     result = Evaluation(metrics=values, per_azimuth=per_azimuth, per_environment=per_environment,
                         hemifield=hemifield, cross_environment=cross, split=split, prefix=prefix, n=len(preds),
-                        predictions=preds)
+                        predictions=preds, per_family=per_family, families=families)
     if out_dir is not None:
         result.files = _write_files(model, root, split, preds, result, Path(out_dir), device, train_environments)
     return result
@@ -212,6 +248,7 @@ def _write_files(model, root, split: str, preds: Predictions, result: Evaluation
     if rollout_info is not None:
         files["attention_rollout"] = rollout_info.pop("path")
     files["per_azimuth"] = _write_per_azimuth_csv(preds, out_dir / "per_azimuth.csv")
+    files["per_environment"] = _write_per_environment_csv(result, out_dir / "per_environment.csv")
     if result.cross_environment is not None:
         path = out_dir / "cross_environment.md"
         path.write_text(cross_environment_table(result.cross_environment) + "\n")
@@ -223,17 +260,35 @@ def _write_files(model, root, split: str, preds: Predictions, result: Evaluation
 
 
 def _write_per_azimuth_csv(preds: Predictions, path: Path) -> Path:
-    """One row per (azimuth, environment): n, mean and (population) standard deviation of AD, mean squared error."""
+    """One row per (azimuth, environment): n, mean and (population) standard deviation of AD, mean squared error
+    (eq. 2), front/back confusion rate (empty on the interaural axis, where it is undefined)."""
     se = metrics.squared_error(preds.pred, preds.target)
+    confused, eligible = metrics.front_back(preds.pred, preds.target)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["azimuth_deg", "environment", "n", "ad_deg_mean", "ad_deg_std", "mse_mean"])
+        writer.writerow(["azimuth_deg", "environment", "n", "ad_deg_mean", "ad_deg_std", "mse_mean",
+                         "front_back_rate"])
         for env in np.unique(preds.environment):
             for az in np.unique(preds.azimuth_deg[preds.environment == env]):
                 mask = (preds.environment == env) & (preds.azimuth_deg == az)
                 ad = preds.error_deg[mask]
+                fb = f"{confused[mask].sum() / eligible[mask].sum():.6g}" if eligible[mask].any() else ""
                 writer.writerow([int(az), str(env), int(mask.sum()), f"{ad.mean():.6g}", f"{ad.std():.6g}",
-                                 f"{se[mask].mean():.6g}"])
+                                 f"{se[mask].mean():.6g}", fb])
+    return path
+
+
+def _write_per_environment_csv(result: Evaluation, path: Path) -> Path:
+    """One row per environment (room) and per room family: kind, name, family, n, AD, MSE (eq. 2), MSE on the
+    reference's scale, front/back confusion rate (empty where undefined)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["kind", "name", "family", "n", "ad_deg", "mse", "mse_ref", "front_back_rate"])
+        groups = [("environment", s, result.families.get(str(s.group), "")) for s in result.per_environment]
+        groups += [("family", s, str(s.group)) for s in result.per_family]
+        for kind, s, family in groups:
+            fb = "" if s.front_back_rate is None else f"{s.front_back_rate:.6g}"
+            writer.writerow([kind, s.group, family, s.n, f"{s.ad_deg:.6g}", f"{s.mse:.6g}", f"{s.mse_ref:.6g}", fb])
     return path
 
 
@@ -242,7 +297,9 @@ def _rollout_index(preds: Predictions, train_environments) -> int:
     distance = np.abs((preds.azimuth_deg - ROLLOUT_AZIMUTH + 180) % 360 - 180).astype(float)
     if train_environments:
         # A sample from the training environment wins unless another is strictly closer in azimuth.
-        distance += 0.5 * ~np.isin(preds.environment, list(train_environments))
+        # Names or patterns (room-*), as data.train_environments allows.
+        trained = [any(fnmatch.fnmatchcase(str(e), p) for p in train_environments) for e in preds.environment]
+        distance += 0.5 * ~np.asarray(trained, dtype=bool)
     return int(np.argmin(distance))
 
 
@@ -303,6 +360,8 @@ def evaluate_spec(model: torch.nn.Module, config, split: str = "test", *, out_di
     from trainables.datastore import normalize
     from trainables.registry import EvalResult
 
-    ev = evaluate(model, normalize(config.data.root), split, out_dir=out_dir, device=device,
+    root = normalize(config.data.root)
+    check_input_fits(shards.load_manifest(root), config)  # before streaming a split the model cannot read
+    ev = evaluate(model, root, split, out_dir=out_dir, device=device,
                   train_environments=config.data.train_environments, prefix=split)
     return EvalResult(metrics=ev.metrics, files=ev.files, summary=ev.table(), per_sample_error=ev.predictions.error_deg)

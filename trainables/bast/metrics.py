@@ -1,7 +1,9 @@
 """Localization metrics and the paper's analyses (§4.2, §5.2–5.4): pure functions, arrays in, numbers out.
 
 - AD: angle between predicted and true direction in degrees (exact: no clamp, float64), averaged.
-- MSE: squared Euclidean distance between predicted and true (x, y), averaged (eq. 2).
+- MSE: squared Euclidean distance between predicted and true (x, y), averaged (eq. 2); `mse_ref` is half of it, the
+  scale the reference code reports (nn.MSELoss over both coordinates = per-sample sum((p - y)^2) / 2).
+- Front/back confusion rate: how often a prediction lands on the wrong side of the interaural axis (`front_back`).
 - Per azimuth and per environment breakdowns.
 - Left versus right hemifield: per-azimuth means at mirrored azimuths (az and 360 − az, the midline excluded)
   compared with paired t-tests, corrected for multiple comparisons by Benjamini–Hochberg FDR (Fig. 3–4).
@@ -56,6 +58,33 @@ def squared_error(pred, target) -> np.ndarray:
     return np.sum((p - t) ** 2, axis=1)
 
 
+def mse_ref(pred, target) -> float:
+    """The reference code's MSE (eval_BAST.py, nn.MSELoss): the mean over samples and both coordinates, i.e. eq. 2
+    divided by 2."""
+    return float(np.mean(squared_error(pred, target))) / 2.0
+
+
+def front_back(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    """[N, 2], [N, 2] -> (confused [N] bool, eligible [N] bool): front/back confusions.
+
+    The interaural axis is the y axis (90° = left, 270° = right), so a direction is in front when x > 0 and behind
+    when x < 0. A sample is *eligible* when its target is off the axis (|x| > 1e-9: not 90° or 270°, whose front/back
+    mirror is themselves). An eligible sample is *confused* when its prediction lies strictly on the other side of the
+    axis (pred_x * target_x < 0). Equivalently: the prediction is closer in angle to the target's mirror image across
+    the axis, (-x, y) = azimuth 180 - az, than to the target itself, since p . (-x, y) > p . (x, y) iff p_x x < 0.
+    A prediction exactly on the axis (p_x = 0, also the zero vector) is not a confusion: it picks no side.
+    """
+    p, t = _pred_target(pred, target)
+    eligible = np.abs(t[:, 0]) > 1e-9
+    return eligible & (p[:, 0] * t[:, 0] < 0), eligible
+
+
+def front_back_rate(pred, target) -> float | None:
+    """Confused / eligible samples (see `front_back`) in [0, 1]; None when no target is off the interaural axis."""
+    confused, eligible = front_back(pred, target)
+    return float(confused.sum() / eligible.sum()) if eligible.any() else None
+
+
 def summary(pred, target, prefix: str = "") -> dict[str, float]:
     """Mean AD (degrees) and MSE, keyed `{prefix}_ad_deg` and `{prefix}_mse` (e.g. val_ad_deg, test_mse)."""
     head = f"{prefix}_" if prefix else ""
@@ -79,19 +108,28 @@ class GroupStats:
     n: int
     ad_deg: float
     mse: float
+    front_back_rate: float | None = None  # None: no sample off the interaural axis (see `front_back`)
+
+    @property
+    def mse_ref(self) -> float:
+        """The MSE on the reference code's scale (eq. 2 / 2, see `mse_ref`)."""
+        return self.mse / 2.0
 
 
 def per_group(pred, target, groups) -> list[GroupStats]:
-    """Mean AD and MSE for each distinct value of `groups` ([N]), in sorted order of the values."""
+    """Mean AD, MSE and front/back confusion rate for each distinct value of `groups` ([N]), in sorted order."""
     groups = np.asarray(groups)
     if len(groups) != len(_as_xy(pred)):
         raise ValueError(f"groups has {len(groups)} entries for {len(pred)} predictions")
     ad, se = angular_error_deg(pred, target), squared_error(pred, target)
+    confused, eligible = front_back(pred, target)
     out = []
     for g in np.unique(groups):
         mask = groups == g
         key = g.item() if hasattr(g, "item") else g
-        out.append(GroupStats(key, int(mask.sum()), float(ad[mask].mean()), float(se[mask].mean())))
+        n_eligible = int(eligible[mask].sum())
+        fb = float(confused[mask].sum() / n_eligible) if n_eligible else None
+        out.append(GroupStats(key, int(mask.sum()), float(ad[mask].mean()), float(se[mask].mean()), fb))
     return out
 
 
