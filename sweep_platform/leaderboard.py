@@ -235,7 +235,7 @@ def leaderboard(sweep: str | SweepRef | None = None, *, metric: str | None = Non
     metric, mode, value, value_source, objective and objective_value (the sweep's metric and the trial's best epoch
     of it), metrics (every test_* metric of the run), epochs, wall_s, gpu_hours, error, dataset_fingerprint,
     searched_params and log_params (the sweep file's searched and log-scaled parameters), and with compare_paper the
-    columns of the trainable's PaperReference (e.g. paper_ad_deg / paper_mse for BAST, matched from the trial's
+    columns of the trainable's PaperReference (e.g. paper_ad_deg / paper_mse_ref for BAST, matched from the trial's
     params), when it has one.
     """
     ref = sweep if isinstance(sweep, SweepRef) else find_sweep(sweep, trainable)

@@ -202,8 +202,16 @@ def columns(rows: list[dict]) -> list[Column]:
         cols.append(Column("from", lambda r: r["value_source"] if is_fallback(r) else "", default=False))
     if objective and objective != metric and any(r.get("objective_value") is not None for r in rows):
         cols.append(Column(objective, lambda r: r.get("objective_value"), numeric=True))
-    cols += [Column(m, lambda r, m=m: r["metrics"].get(m), numeric=True, default=m == test_metric) for m in tests]
-    cols += [Column(k, lambda r, k=k: r.get(k), numeric=True) for k in first if k.startswith("paper_")]
+    # --compare-paper: a published value `paper_X` sits right after the trial's own `test_X` (both shown by default),
+    # so like is compared with like; the trainable names its paper columns after the metric on the paper's scale.
+    partner = {f"test_{k[len('paper_'):]}": k for k in first if k.startswith("paper_")}
+    tests += [m for m in partner if m not in tests and m != metric and any(m in r["metrics"] for r in rows)]
+    for m in tests:
+        cols.append(Column(m, lambda r, m=m: r["metrics"].get(m), numeric=True,
+                           default=m == test_metric or m in partner))
+        if m in partner:
+            cols.append(Column(partner[m], lambda r, k=partner[m]: r.get(k), numeric=True))
+    cols += [Column(k, lambda r, k=k: r.get(k), numeric=True) for m, k in partner.items() if m not in tests]
     cols += [Column("epochs", lambda r: r["epochs"], numeric=True),
              Column("wall_s", lambda r: r.get("wall_s"), label="wall", numeric=True, fmt=format_duration),
              Column("gpu_hours", lambda r: r["gpu_hours"], numeric=True, default=False)]

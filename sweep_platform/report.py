@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep_platform import leaderboard as lb
-from sweep_platform import names, tracking
+from sweep_platform import names, split_summary, tracking
 from sweep_platform.storage import optuna_storage
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,24 @@ def _leaderboard_html(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def trainable_notes(ref: lb.SweepRef, rows: list[dict]) -> list[str]:
+    """What the trainable has to say about this sweep's trials and dataset (TrainableSpec.report_notes), e.g. a limit
+    that the data and the architecture set together; [] when it says nothing or cannot tell."""
+    spec = lb.trainable_spec(ref.trainable)
+    notes = getattr(spec, "report_notes", None)
+    if notes is None or not rows:
+        return []
+    sweep_file = ref.sweep_file()
+    dataset = sweep_file.get("dataset") or ((sweep_file.get("base") or {}).get("data") or {}).get("root")
+    fingerprint = next((r["dataset_fingerprint"] for r in rows
+                        if r.get("dataset_fingerprint") not in (None, "unknown")), None)
+    try:
+        return list(notes([r["params"] for r in rows], dataset, fingerprint))
+    except Exception as exc:  # noqa: BLE001 - a note must never cost the user the report
+        log.warning("the trainable's report notes failed: %s", exc)
+        return []
+
+
 def build_html(sweep: str | None = None, *, metric: str | None = None, storage: str | None = None,
                trainable: str | None = None) -> tuple[str, lb.SweepRef]:
     """The report page as a string, and the sweep it describes."""
@@ -252,6 +270,10 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
     ]
     if paper is not None:
         parts.append(f'<p class="note">{e(" / ".join(paper.columns))}: {e(paper.source)}.</p>')
+    parts += [f"<p><b>Note.</b> {e(note)}</p>" for note in trainable_notes(ref, rows)]
+    over_splits = split_summary.to_html(rows, lb.test_metrics(ref.trainable))  # a sweep over data splits
+    if over_splits:
+        parts.append(over_splits)
 
     parts.append("<h2>Parameter importances</h2>")
     importances, note = param_importances(ref.name, storage)
@@ -297,6 +319,9 @@ def build_html(sweep: str | None = None, *, metric: str | None = None, storage: 
             parts.append(f'<p class="note">no plots in the run\'s {EVALUATION_DIR}/ artifacts</p>')
         if summary:
             parts.append(f"<pre>{e(summary)}</pre>")
+    from sweep_platform import cross_environment
+
+    parts.append(cross_environment.section(rows))  # Table 3 from `binsweep evaluate` runs of the sweep's models
     parts.append("</body></html>")
     return "\n".join(parts), ref
 

@@ -126,11 +126,11 @@ def test_spec_is_registered_with_bast_metrics_and_the_localization_services():
     assert isinstance(spec.build_model(cfg), CNNLoc)
     assert spec.example_input(cfg).shape == (1, 2, 129, 61)
     # NI-CNN* of the BAST paper's Table 1: by integration and loss, the same for every sharing
-    row = {"paper_ad_deg": 1.85, "paper_mse": None}
+    row = {"paper_ad_deg": 1.85, "paper_mse_ref": None}
     assert spec.paper.lookup({"model.sharing": "SP", "model.integration": "sub", "loss.name": "ad"}) == row
     assert spec.paper.lookup({"model.sharing": "NSP", "model.integration": "sub", "loss.name": "ad"}) == row
     assert spec.paper.lookup({"model.integration": "add", "loss.name": "hybrid"}) == {"paper_ad_deg": 3.53,
-                                                                                       "paper_mse": 0.033}
+                                                                                       "paper_mse_ref": 0.033}
     assert spec.paper.lookup({"model.integration": "sub"}) is None
 
 

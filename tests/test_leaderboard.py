@@ -321,9 +321,9 @@ def test_leaderboard_formats_through_the_cli(world):
 
 def test_compare_paper_matches_sharing_integration_loss(world):
     rows = {r["trial"]: r for r in lb.leaderboard("lb-grid", compare_paper=True)}
-    assert rows["0"]["paper_ad_deg"] == 1.29 and rows["0"]["paper_mse"] == 0.001  # NSP, sub, hybrid (abstract)
-    assert rows["1"]["paper_ad_deg"] == 4.97 and rows["1"]["paper_mse"] == 0.018  # SP, add, mse
-    assert rows["2"]["paper_ad_deg"] == 2.39 and rows["2"]["paper_mse"] is None  # NSP, concat, ad: no MSE given
+    assert rows["0"]["paper_ad_deg"] == 1.29 and rows["0"]["paper_mse_ref"] == 0.001  # NSP, sub, hybrid (abstract)
+    assert rows["1"]["paper_ad_deg"] == 4.97 and rows["1"]["paper_mse_ref"] == 0.018  # SP, add, mse
+    assert rows["2"]["paper_ad_deg"] == 2.39 and rows["2"]["paper_mse_ref"] is None  # NSP, concat, ad: no MSE given
     assert len(bast_paper.TABLE1) == 18
     res = CliRunner().invoke(app, ["leaderboard", "--sweep", "lb-grid", "--compare-paper", "-f", "csv"])
     table = list(csv.DictReader(io.StringIO(res.stdout)))
@@ -356,6 +356,9 @@ def test_report_is_self_contained_and_logged_to_the_parent(world, tmp_path):
     for text in ("Leaderboard", "Parameter importances", "train.lr", "Attention rollout", "hemifield",
                  FAILED_ERROR, "1.29", "fANOVA over 3 completed trials"):
         assert text in page, text
+    # SP-add and SP-sub trials on the anechoic KEMAR data (mirror-symmetric): the note says what limit follows
+    assert "mirror-symmetric in anechoic" in page and "cannot tell left from right" in page
+    assert "cannot go below 45.0°" in page and "at least 15.0°" in page  # 12 azimuths: 2 * 90° / 12 for SP-sub
     parent = world.sweeps["lb-grid"]["parent"]
     logged = [f.path for f in tracking.client().list_artifacts(parent)]
     assert "report.html" in logged and "sweep.yaml" in logged

@@ -29,9 +29,10 @@ SPEC = localizer_spec(
     presets=PRESETS,
     paper=PaperReference(
         source=("Kuang et al. 2022 (arXiv 2207.03927), results per configuration as published in the 2022 README of "
-                "github.com/ShengKuangCN/BAST (commit 6ead160), matched by sharing, integration and loss; the paper's "
-                "models are full size on its own dataset, so these are a reference point, not a target"),
-        lookup=_paper_values, columns=("paper_ad_deg", "paper_mse")),
+                "github.com/ShengKuangCN/BAST (commit 6ead160), matched by sharing, integration and loss; MSE on the "
+                "reference code's scale (eq. 2 / 2, beside the trial's test_mse_ref); the paper's models are full "
+                "size on its own dataset, so these are a reference point, not a target"),
+        lookup=_paper_values, columns=("paper_ad_deg", "paper_mse_ref")),  # = trainables.bast.paper.COLUMNS
 )
 
 __all__ = ["BASTConfig", "BASTModelConfig", "DataConfig", "LossConfig", "TrainConfig", "preset", "SPEC"]

@@ -1,7 +1,9 @@
 """Typed, validated configuration of the BAST trainable: model, loss and training hyperparameters.
 
 Defaults are the paper's (Kuang et al. 2022, §4.3): D=1024, 16 heads, MLP 1024, dropout 0.2, 3/3/3 layers,
-Adam 1e-4, batch 48, 50 epochs. Validation happens once, here; modules receive these objects and trust them.
+Adam 1e-4, batch 48, 50 epochs. A config naming `model: {preset: bast_paper}` also trains as the paper does, in fp32
+without gradient clipping (PRESET_TRAIN), unless its `train` section says otherwise. Validation happens once, here;
+modules receive these objects and trust them.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ class LossConfig(_Strict):
     """Training loss (paper §3.2): MSE (eq. 2), AD (eq. 3) or hybrid = alpha*AD + (1 - alpha)*MSE."""
 
     name: LossName = "hybrid"
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of AD in the hybrid loss (the loss mix)")
+    # The paper gives no alpha. Its reference code trains with eq2/2 + angle in radians, 1:1, which is
+    # alpha = 2*pi / (1 + 2*pi) ~ 0.8627 here (derivation: search_spaces/bast_paper_grid.yaml).
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of AD in the hybrid loss (the loss mix); the "
+                         "reference code's 1:1 mix is 2*pi/(1+2*pi) ~ 0.8627")
 
 
 class TrainConfig(_Strict):
@@ -127,8 +132,25 @@ class BASTConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _expand_preset(cls, data):
-        """`model: {preset: bast_tiny, dropout: 0.1}` = the preset with those fields overridden."""
-        return expand_model_preset(data, PRESETS)
+        """`model: {preset: bast_tiny, dropout: 0.1}` = the preset with those fields overridden; a preset's training
+        settings (PRESET_TRAIN) fill the `train` fields the config leaves unset."""
+        return expand_model_preset(_preset_train(data), PRESETS)
+
+
+def _preset_train(data):
+    """`data` with the `train` defaults of its model preset under the fields it sets itself (those always win)."""
+    if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
+        return data
+    name = data["model"].get("preset")
+    defaults = PRESET_TRAIN.get(name) if isinstance(name, str) else None
+    if not defaults:
+        return data
+    train = data.get("train")
+    if isinstance(train, BaseModel):
+        train = train.model_dump(exclude_unset=True)  # a TrainConfig built in code: only what it was given wins
+    if train is not None and not isinstance(train, dict):
+        return data  # not a mapping: leave it to the field's own validation error
+    return {**data, "train": {**defaults, **(train or {})}}
 
 
 def _preset(**model) -> BASTModelConfig:
@@ -142,6 +164,14 @@ PRESETS: dict[str, BASTModelConfig] = {
                           layers_center=2, dropout=0.1, emb_dropout=0.1),
     "bast_tiny": _preset(embed_dim=64, heads=2, dim_head=32, mlp_dim=128, layers_left=1, layers_right=1,
                          layers_center=1, dropout=0.0, emb_dropout=0.0),
+}
+
+
+# Training settings that belong to a preset, applied where a config naming the preset leaves them unset. The paper
+# (and its reference code: no clipping, no AMP; shared/reference/bast.md §5) trains in fp32 without gradient
+# clipping, so `bast_paper` does too; the other presets keep TrainConfig's defaults (clip at 1.0, bf16 on CUDA).
+PRESET_TRAIN: dict[str, dict] = {
+    "bast_paper": {"grad_clip": None, "precision": "fp32"},
 }
 
 

@@ -2,7 +2,10 @@
 
 - MSE (eq. 2): mean over the batch of the squared Euclidean distance.
 - AD (eq. 3): mean angle between prediction and target, divided by π, so it lies in [0, 1].
-- Hybrid: α·AD + (1 − α)·MSE.
+- Hybrid: α·AD + (1 − α)·MSE, "a convex combination" (§3.2); the paper gives no α. The reference code trains with
+  nn.MSELoss (= eq. 2 / 2) + the angle in radians (= π·AD), 1:1, which is this loss at α = 2π/(1 + 2π) ≈ 0.8627
+  times (π + ½): the paper grid uses that α (search_spaces/bast_paper_grid.yaml has the derivation).
+- Evaluation reports eq. 2 as `*_mse` and the reference's scale, eq. 2 / 2, as `*_mse_ref` (the paper's MSE column).
 
 The angle is atan2(|cross|, dot) rather than arccos of the normalised dot product: arccos has an infinite slope at
 ±1, which the reference clamps to ±0.999 and so loses every gradient below 2.56° of error. atan2 keeps a gradient of

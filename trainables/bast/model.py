@@ -4,6 +4,13 @@ Left and right spectrograms are cut into overlapping patches and embedded (share
 (one module in BAST-SP, two in BAST-NSP), integrated token-wise (addition, subtraction or concatenation), encoded by
 TE-C, mean-pooled and mapped by LayerNorm + Linear to unconstrained (x, y) coordinates; the target is (cos az, sin az).
 
+Subtraction is left − right, as in the reference code (`x_l − x_r`); the paper's text says the left map is subtracted
+from the right (right − left). The two are the same model family: the sign flip of TE-C's input is absorbed by its
+weights (negate every LayerNorm gain of TE-C and the head and every residual output projection of TE-C, and the
+network computes on z what it computed on −z; Adam is sign-equivariant per weight), so only the initialisation
+differs. With shared encoders (SP), addition is exactly invariant to swapping the ears and subtraction is zero where
+the ears agree: on mirror-symmetric data that bounds SP-add and SP-sub (trainables/localization/symmetry.py).
+
 Notation: B batch, F frequency bins (129), T frames (61), N tokens (180), D width, H heads.
 """
 
@@ -88,7 +95,7 @@ class BinauralIntegration(nn.Module):
         if self.method == "add":
             return left + right
         if self.method == "sub":
-            return left - right
+            return left - right  # left − right as in the reference code; the paper's right − left is its mirror
         return torch.cat([left, right], dim=-1)
 
 

@@ -6,10 +6,16 @@ Localization" (arXiv 2207.03927, 2022), results table over parameter sharing (SP
 of the (x, y) output on the test set, all azimuths, both environments.
 
 Source of the numbers: the 2022 README of the reference implementation, https://github.com/ShengKuangCN/BAST at
-commit 6ead160 (`git show 6ead160:README.md`), as transcribed in shared/reference/bast.md §8. The headline cell
-(NSP, sub, hybrid: 1.29°, MSE 1e-3) matches the paper's abstract. The README gives no MSE for the models trained with
-the AD loss; those cells are None. The table number in the paper was not checked against the PDF (the sweep file
-search_spaces/bast_paper_grid.yaml calls the same ablation "Table 2").
+commit 6ead160 (`git show 6ead160:README.md`), as transcribed in shared/reference/bast.md §8; every cell is also the
+paper's Table 1 (checked against the paper's text, shared/papers/bast_paper.txt). The headline cell (NSP, sub,
+hybrid: 1.29°, MSE 1e-3) matches the paper's abstract. No MSE is given for the models trained with the AD loss; those
+cells are None.
+
+MSE scale. The published MSE is the reference code's evaluation: nn.MSELoss over both coordinates, i.e. per sample
+sum((p - y)^2) / 2, half of eq. 2 (shared/reference/bast.md §5). binsweep logs both: `test_mse` (eq. 2) and
+`test_mse_ref` (eq. 2 / 2). So the paper's column is `paper_mse_ref`, and `--compare-paper` shows it beside the
+trial's `test_mse_ref` (the leaderboard pairs `paper_X` with `test_X`). A run evaluated before `test_mse_ref` existed
+shows no value beside it; its `test_mse` is on eq. 2's scale, twice the paper's: halve it to compare by hand.
 
 These are the paper's models (D=1024, 3/3/3 layers, 20 epochs) on the NI-CNN dataset (real-life sounds, not public);
 a binsweep run on generated sounds and KEMAR responses is comparable in kind, not a reproduction number for number.
@@ -20,13 +26,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SOURCE = ("Kuang et al. 2022 (arXiv 2207.03927), results per configuration as published in the 2022 README of "
-          "github.com/ShengKuangCN/BAST (commit 6ead160)")
+          "github.com/ShengKuangCN/BAST (commit 6ead160) = the paper's Table 1; MSE on the reference code's scale "
+          "(eq. 2 / 2)")
+
+
+# The `--compare-paper` columns, named after the trial metric each one is compared with (test_ad_deg, test_mse_ref).
+COLUMNS = ("paper_ad_deg", "paper_mse_ref")
 
 
 @dataclass(frozen=True)
 class PaperResult:
     ad_deg: float
-    mse: float | None  # not reported for the AD-loss models
+    mse_ref: float | None  # on the reference's scale (eq. 2 / 2); not reported for the AD-loss models
 
 
 def _row(ad: float, mse: float | None = None) -> PaperResult:
@@ -66,4 +77,4 @@ def lookup(sharing: str | None, integration: str | None, loss: str | None) -> Pa
 def paper_values(params) -> dict[str, float | None] | None:
     """`--compare-paper` columns for one trial from its MLflow params, or None when the paper has no such row."""
     row = lookup(params.get("model.sharing"), params.get("model.integration"), params.get("loss.name"))
-    return None if row is None else {"paper_ad_deg": row.ad_deg, "paper_mse": row.mse}
+    return None if row is None else dict(zip(COLUMNS, (row.ad_deg, row.mse_ref)))

@@ -6,6 +6,7 @@ commands (trainables.localization.spec). Registered through the entry point `cnn
 """
 
 from trainables.cnn_loc.config import PRESETS, CNNLocConfig, CNNLocModelConfig, preset
+from trainables.cnn_loc.paper import COLUMNS as PAPER_COLUMNS
 from trainables.cnn_loc.paper import SOURCE as PAPER_SOURCE
 from trainables.cnn_loc.paper import paper_values
 from trainables.localization.spec import localizer_spec
@@ -24,7 +25,7 @@ SPEC = localizer_spec(
     config_type=CNNLocConfig,
     build_model=_build,
     presets=PRESETS,
-    paper=PaperReference(source=PAPER_SOURCE, lookup=paper_values, columns=("paper_ad_deg", "paper_mse")),
+    paper=PaperReference(source=PAPER_SOURCE, lookup=paper_values, columns=PAPER_COLUMNS),
 )
 
 __all__ = ["CNNLocConfig", "CNNLocModelConfig", "preset", "SPEC"]

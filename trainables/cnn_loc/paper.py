@@ -7,6 +7,10 @@ training loss (MSE / AD / hybrid): mean angular distance (AD, degrees) and mean 
 the test set. The table gives no MSE for the models trained with the AD loss, and no SP / NSP variants: every
 sharing matches the same row.
 
+MSE scale: as for BAST (trainables/bast/paper.py), the table's MSE is taken to be the BAST authors' evaluation, half of
+eq. 2 (the paper evaluates every model of the table the same way; the NI-CNN* code is not public, so this is an
+assumption). The column is `paper_mse_ref`, compared with the trial's `test_mse_ref` (eq. 2 / 2).
+
 cnn_loc is a baseline in NI-CNN*'s spirit (the paper does not describe NI-CNN*'s layers), trained here on generated
 sounds: a reference point, not a reproduction number for number.
 """
@@ -17,13 +21,18 @@ from dataclasses import dataclass
 
 SOURCE = ("Kuang et al. 2022 (arXiv 2207.03927), Table 1, row NI-CNN* (van der Heijden & Mehrkanoon 2022 on "
           "spectrograms), matched by integration and loss; its layers are not published there, so cnn_loc is a "
-          "baseline in its spirit and these are a reference point, not a target")
+          "baseline in its spirit and these are a reference point, not a target; MSE taken to be on the BAST "
+          "reference code's scale (eq. 2 / 2, beside the trial's test_mse_ref)")
+
+
+# The `--compare-paper` columns, named after the trial metric each one is compared with (test_ad_deg, test_mse_ref).
+COLUMNS = ("paper_ad_deg", "paper_mse_ref")
 
 
 @dataclass(frozen=True)
 class PaperResult:
     ad_deg: float
-    mse: float | None  # not reported for the AD-loss models
+    mse_ref: float | None  # on the reference's scale (eq. 2 / 2); not reported for the AD-loss models
 
 
 # (integration, loss) with binsweep's names: model.integration, loss.name.
@@ -50,4 +59,4 @@ def lookup(integration: str | None, loss: str | None) -> PaperResult | None:
 def paper_values(params) -> dict[str, float | None] | None:
     """`--compare-paper` columns for one trial from its MLflow params, or None when the paper has no such row."""
     row = lookup(params.get("model.integration"), params.get("loss.name"))
-    return None if row is None else {"paper_ad_deg": row.ad_deg, "paper_mse": row.mse}
+    return None if row is None else dict(zip(COLUMNS, (row.ad_deg, row.mse_ref)))

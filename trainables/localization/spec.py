@@ -29,8 +29,10 @@ class _Recipe:
 
 
 def _evaluate(model, config, split: str = "test", out_dir=None, device="cpu"):
-    """The BAST paper's test-split analysis: per azimuth, per environment, hemifields, Table 3 row, rollout when the
-    model has attention maps."""
+    """The BAST paper's analysis of a split: AD, MSE (eq. 2) and `*_mse_ref` (eq. 2 / 2, the reference code's scale),
+    front/back confusion rate, per azimuth, per environment (room) and room family, hemifields, Table 3 row, rollout
+    when the model has attention maps. A dataset whose clips do not fit the model (sample rate, clip length) is
+    refused with both named (`trainables.localization.dataset_fit`); `binsweep evaluate` runs this on any dataset."""
     from trainables.bast.evaluate import evaluate_spec
 
     return evaluate_spec(model, config, split, out_dir=out_dir, device=device)
@@ -46,6 +48,13 @@ def _commands(services):
     from trainables.localization.cli import commands
 
     return commands(services)
+
+
+def _report_notes(trials, dataset, fingerprint=None):
+    """BAST-SP's limits on mirror-symmetric data, when the sweep has such trials (trainables.localization.symmetry)."""
+    from trainables.localization.symmetry import sp_notes
+
+    return sp_notes(trials, dataset, fingerprint)
 
 
 def localizer_spec(*, name: str, description: str, config_type: type[BaseModel], build_model: Callable[[Any], Any],
@@ -70,5 +79,6 @@ def localizer_spec(*, name: str, description: str, config_type: type[BaseModel],
         predictor=PREDICTOR,
         serving=SERVING,
         paper=paper,
+        report_notes=_report_notes,
         commands=_commands,
     )
