@@ -31,8 +31,11 @@ def data_binaural(
     seed: Annotated[int, typer.Option(help="Seed of scenes and splits; the same seed gives the same bytes.")] = 0,
     image_size: Annotated[tuple[int, int], typer.Option(help="Frame and depth-map size H W; match the model's "
                                                         "image_size (binaural_tiny 64 128, paper 224 448).")] = (64, 128),
-    environments: Annotated[str, typer.Option(help="Comma-separated: anechoic,reverberant (the lecture hall).")]
-    = "anechoic",
+    environments: Annotated[str, typer.Option(help="Comma-separated kinds of scene: anechoic (a chamber lined with "
+                                              "wedge foam) and/or reverberant (a room of drawn size and materials).")]
+    = "anechoic,reverberant",
+    reverberant_fraction: Annotated[float, typer.Option(help="With both environments: the share of reverberant "
+                                                        "scenes.", min=0.0, max=1.0)] = 0.5,
     min_sources: Annotated[int, typer.Option(help="Fewest sources per scene.", min=1)] = 1,
     max_sources: Annotated[int, typer.Option(help="Most sources per scene.", min=1)] = 3,
     max_azimuth: Annotated[float, typer.Option(help="Sources within ± this azimuth (degrees, inside the 90° "
@@ -48,8 +51,10 @@ def data_binaural(
 ) -> None:
     """Generate audio-visual scenes (frame, depth map, KEMAR-rendered binaural audio) into Parquet shards.
 
-    1-3 sources per scene inside the camera's field of view, each an object whose shape and colour encode its sound
-    class, placed by azimuth and sized by distance. An interrupted build resumes when run again with the same options;
+    Each scene is a shoebox room (size, wall materials, camera/listener pose) with 1-3 sources inside the camera's
+    field of view, each an object whose shape and colour encode its sound class; picture, depth map and sound
+    (image-source method, KEMAR at the listener) come from that one geometry. An interrupted build resumes when run
+    again with the same options;
     with --out at a URI (s3://bucket/prefix) it is built in a staging folder and uploaded when complete, manifest last.
     """
     from trainables.binaural.data import BinauralBuildConfig, build
@@ -58,6 +63,7 @@ def data_binaural(
     cfg = BinauralBuildConfig(
         scenes=scenes, seed=seed, hrtf=hrtf, dtype=dtype, shard_rows=shard_rows,
         environments=tuple(e.strip() for e in environments.split(",") if e.strip()),
+        reverberant_fraction=reverberant_fraction,
         clip_seconds=clip_seconds, test_clip_seconds=test_seconds, val_fraction=val_fraction,
         test_fraction=test_fraction,
         scene=SceneConfig(image_size=tuple(image_size), min_sources=min_sources, max_sources=max_sources,
@@ -74,25 +80,44 @@ def data_fairplay(
                                          "splits/splitN/*.h5.")],
     out: Annotated[str, typer.Option(help="Output folder, e.g. data/fairplay, or a URI, e.g. s3://bucket/prefix.")]
     = "data/fairplay",
-    split: Annotated[int, typer.Option(help="Which splitN.", min=1)] = 1,
-    split_set: Annotated[str, typer.Option(help="splits (10 random splits, .h5) or new_splits / five_splits "
+    split_set: Annotated[str, typer.Option(help="splits (the 10 random splits, .h5) or new_splits / five_splits "
                                            "(the 5 non-overlapping splits, .txt).")] = "splits",
-    image_size: Annotated[tuple[int, int], typer.Option(help="Frame size H W (the model's image_size).")]
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated split numbers to record, e.g. 1,2; "
+                                                  "default: every splitN folder.")] = None,
+    image_size: Annotated[tuple[int, int], typer.Option(help="The model's frame size H W; frames are stored at "
+                                                        "2.5D's margin (240×480 for 224×448) and cropped to it.")]
     = (224, 448),
-    windows_per_clip: Annotated[int, typer.Option(help="Random 0.63 s windows per train/val recording.", min=1)] = 8,
-    test_seconds: Annotated[Optional[float], typer.Option(help="Cut test recordings to this length (default: "
-                                                          "whole 10 s).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the window positions.")] = 0,
+    augment: Annotated[bool, typer.Option(help="Store frames with 2.5D's crop margin so training crops and "
+                                          "colour-jitters them; --no-augment stores them at image_size.")] = True,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Cut every recording to this length (default: "
+                                                         "whole 10 s).")] = None,
+    frame_format: Annotated[str, typer.Option(help="Frame storage: jpeg (quality 95, about 48 kB for a 240×480 "
+                                              "photo), png (lossless, about 3.5× that) or raw (346 kB).")] = "jpeg",
 ) -> None:
-    """Import one FAIR-Play split into Parquet shards (16 kHz; windows with their nearest frame; whole test clips)."""
-    from trainables.binaural.fairplay import FairPlayImportConfig, import_fairplay
+    """Import FAIR-Play once (16 kHz, whole recordings, every frame) with one view per split (OUT/splitN).
 
-    cfg = FairPlayImportConfig(root=root, split_index=split, split_set=split_set, image_size=tuple(image_size),
-                               windows_per_clip=windows_per_clip, test_seconds=test_seconds, seed=seed)
+    Train on split N with data.root OUT and data.split N: fresh random 0.63 s crops of the whole training recordings
+    every epoch, frames cropped and colour-jittered as in 2.5D; validation and test are deterministic.
+    """
+    from trainables.binaural.fairplay import ALL, FairPlayImportConfig, import_fairplay
+    from trainables.terminal import console
+
+    numbers = None
+    if splits:
+        try:
+            numbers = tuple(int(x) for x in splits.split(",") if x.strip())
+        except ValueError:
+            raise typer.BadParameter(f"--splits {splits!r}: give split numbers such as 1,2,3") from None
+    cfg = FairPlayImportConfig(root=root, split_set=split_set, splits=numbers, image_size=tuple(image_size),
+                               augment=augment, max_seconds=max_seconds, frame_format=frame_format)
     with progress_bar("importing recordings") as bar:
         task = bar.add_task("import", total=None)
         manifest = import_fairplay(cfg, out, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    print_manifest(manifest, _manifest_details(manifest))
+    views = manifest.data.get("views", [])
+    console.print(f"{manifest.root}: {manifest.data['counts'][ALL]['total']} recordings; "
+                  f"{_manifest_details(manifest)}; fingerprint {manifest.fingerprint[:16]}\n"
+                  f"{len(views)} split views ({', '.join(views)}): train on split N with data.root {out} and "
+                  "data.split N", highlight=False)
 
 
 def commands(services: PlatformServices) -> list[Command]:

@@ -11,7 +11,8 @@ Columns:
     start_s      float32  where the clip starts in its recording (0 for generated scenes)
     left, right  list<int16 | float32>   the ears (channel 0 = left); full scale 1.0. Lengths may differ between
                  rows: the recipe crops training windows of `clip_samples` out of longer rows
-    frames       list<binary>   RGB frames, each raw uint8 [3, H, W] planar (H, W in the manifest's image_size)
+    frames       list<binary>   RGB frames, each raw uint8 [3, H, W] planar (H, W in the manifest's image_size), or
+                 a PNG / JPEG file of it when the manifest's frame_format says so (FAIR-Play imports)
     frame_times  list<float32>  when each frame is seen, in seconds from the clip start; a window uses the frame
                  nearest its centre (a still scene has one frame at the clip's middle)
     depth        binary (nullable)  float32 [H, W] metres along each pixel's ray; null when the dataset has none
@@ -22,6 +23,8 @@ Shards are written atomically (`trainables.localization.shards.write_shard`), so
 build resumes by skipping it. The manifest carries the kind ("binaural"), the schema version, counts per split
 (total, per environment, per number of sources), the sample rate, the image size, whether depth maps exist, each
 shard's row count and sha256, and a fingerprint over all of them: two datasets with one fingerprint hold the same bytes.
+A generated dataset's manifest also holds `rooms`: per scene id, its room (environment, size, listener, wall
+materials and absorptions, Eyring RT60; `scenes.Room.summary`).
 Datasets are built locally and read from a folder or a URI (s3://bucket/prefix, `trainables.datastore`); a build
 with `out` at a URI is staged under the home's cache and published there, manifest last.
 """
@@ -44,6 +47,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables import datastore
+from trainables.binaural import frame_augment
 from trainables.binaural.scenes import Environment, SceneConfig
 from trainables.localization.shards import file_sha256, to_storage, write_shard
 from trainables.sharding import ShardedSplit
@@ -94,7 +98,40 @@ class Clip:
         return int(np.argmin(np.abs(np.asarray(self.frame_times, dtype=np.float64) - t_s)))
 
 
-def table_of(clips: list[Clip], dtype: str) -> pa.Table:
+FRAME_FORMATS = ("raw", "png", "jpeg")  # how a frame's bytes are stored: the manifest's frame_format (default raw)
+JPEG_QUALITY = 95
+
+
+def encode_frame(frame: np.ndarray, fmt: str) -> bytes:
+    """uint8 [3, H, W] -> its stored bytes: raw planar, or a PNG / JPEG file. A FAIR-Play recording keeps 100
+    frames of which a training step reads one, so encoded frames cut what every epoch reads (a 240×480 photo: 346 kB
+    raw, 174 kB PNG, 48 kB JPEG at quality 95)."""
+    frame = np.ascontiguousarray(frame, dtype=np.uint8)
+    if fmt == "raw":
+        return frame.tobytes()
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame.transpose(1, 2, 0), "RGB").save(buf, format=fmt.upper(), **(
+        {"quality": JPEG_QUALITY} if fmt == "jpeg" else {}))
+    return buf.getvalue()
+
+
+def decode_frame(data: bytes, size: tuple[int, int], fmt: str = "raw") -> np.ndarray:
+    """Stored bytes -> uint8 [3, H, W] (`encode_frame`'s inverse; lossy for JPEG)."""
+    if fmt == "raw":
+        return np.frombuffer(data, np.uint8).reshape(3, *size)
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def table_of(clips: list[Clip], dtype: str, frame_format: str = "raw") -> pa.Table:
     def wave_col(ch: int) -> pa.Array:
         return pa.array([to_storage(c.wave[ch], dtype) for c in clips], type=schema(dtype).field("left").type)
 
@@ -107,8 +144,7 @@ def table_of(clips: list[Clip], dtype: str) -> pa.Table:
         pa.array([c.sample_rate for c in clips], pa.int32()),
         pa.array([c.start_s for c in clips], pa.float32()),
         wave_col(0), wave_col(1),
-        pa.array([[np.ascontiguousarray(f, dtype=np.uint8).tobytes() for f in c.frames] for c in clips],
-                 pa.list_(pa.binary())),
+        pa.array([[encode_frame(f, frame_format) for f in c.frames] for c in clips], pa.list_(pa.binary())),
         pa.array([np.asarray(c.frame_times, dtype=np.float32) for c in clips], pa.list_(pa.float32())),
         pa.array([None if c.depth is None else np.ascontiguousarray(c.depth, dtype=np.float32).tobytes()
                   for c in clips], pa.binary()),
@@ -131,8 +167,11 @@ def _to_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / 32767.0 if x.dtype == np.int16 else x.astype(np.float32)
 
 
-def clips_of(table: pa.Table, image_size: tuple[int, int]) -> list[Clip]:
-    """Decode every row of a table (evaluation and tests; training uses `BinauralReader`)."""
+def clips_of(table: pa.Table, image_size: tuple[int, int], crop: tuple[int, int] | None = None,
+             frame_format: str = "raw") -> list[Clip]:
+    """Decode every row of a table (evaluation and tests; training uses `BinauralReader`). Frames stored at
+    `image_size` are centre-cropped to `crop` when given (the manifest's frame_crop: evaluation sees the deterministic
+    crop of 2.5D's pipeline, `frame_augment`)."""
     H, W = image_size
     left, lo = _list_rows(table.column("left"))
     right, ro = _list_rows(table.column("right"))
@@ -142,7 +181,9 @@ def clips_of(table: pa.Table, image_size: tuple[int, int]) -> list[Clip]:
              "frame_times", "depth", "azimuth_deg", "distance_m", "classes", "boxes")}
     for i in range(table.num_rows):
         wave = np.stack([_to_float(left[lo[i]:lo[i + 1]]), _to_float(right[ro[i]:ro[i + 1]])])
-        frames = np.stack([np.frombuffer(f, np.uint8).reshape(3, H, W) for f in cols["frames"][i]])
+        frames = np.stack([decode_frame(f, (H, W), frame_format) for f in cols["frames"][i]])
+        if crop is not None:
+            frames = frame_augment.crop(frames, frame_augment.centre_offsets(len(frames), (H, W), crop), crop)
         depth = cols["depth"][i]
         boxes = cols["boxes"][i]
         out.append(Clip(
@@ -182,12 +223,27 @@ class Manifest:
         return bool(self.data["has_depth"])
 
     @property
+    def frame_crop(self) -> tuple[int, int] | None:
+        """(h, w) the reader crops stored frames to (FAIR-Play with 2.5D augmentation), or None: frames used whole."""
+        c = self.data.get("frame_crop")
+        return None if c is None else (int(c[0]), int(c[1]))
+
+    @property
+    def frame_format(self) -> str:
+        return str(self.data.get("frame_format", "raw"))
+
+    @property
     def environments(self) -> list[str]:
         return sorted({e for c in self.data["counts"].values() for e in c.get("by_environment", {})})
 
     def entries(self, split: str) -> list[dict]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        views = self.data.get("views")
+        if views:  # a whole FAIR-Play import: its recordings belong to a split only within one of its views
+            raise ValueError(f"{self.root} holds the recordings of {len(views)} FAIR-Play splits; read one of them: "
+                             f"data.split: 1..{len(views)} (the view {datastore.join(self.root, views[0])} and "
+                             "its siblings)")
         return [s for s in self.data["shards"] if s["split"] == split]
 
     def shards(self, split: str) -> list[Path | str]:
@@ -212,6 +268,10 @@ def load_manifest(root: str | Path) -> Manifest:
                          f"{KIND!r}); build one with `binsweep data binaural --out {root}`")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    if data.get("view_of") == "..":
+        # One FAIR-Play split (fairplay.py): its entries name shards of the import folder one level up, plus the rows
+        # of each that belong to the split ("select"); reading through the parent keeps URIs free of "..".
+        root = root.rsplit("/", 1)[0] if isinstance(root, str) else root.parent
     return Manifest(root, data)
 
 
@@ -275,9 +335,13 @@ def iter_clips(root: str | Path, split: str, limit: int | None = None) -> Iterat
     fs, base = datastore.filesystem(manifest.root)
     for e in manifest.entries(split):
         table = pq.read_table(f"{base}/{e['file']}", filesystem=fs)
+        if "select" in e:
+            table = table.take(e["select"])
         if limit is not None:
             table = table.slice(0, max(0, limit - seen))
-        for clip in clips_of(table, manifest.image_size):
+        for clip in clips_of(table, manifest.image_size, manifest.frame_crop, manifest.frame_format):
+            if "select" in e:
+                clip.split = split  # a FAIR-Play row's split is the view's, not the stored "all"
             seen += 1
             yield clip
         if limit is not None and seen >= limit:
@@ -297,9 +361,12 @@ class BinauralBuildConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scenes: int = Field(1000, ge=3, description="scenes in all; each is rendered once per environment")
+    scenes: int = Field(1000, ge=3, description="scenes in all; each is one row, in one environment")
     scene: SceneConfig = SceneConfig()
-    environments: tuple[Environment, ...] = ("anechoic",)
+    environments: tuple[Environment, ...] = Field(("anechoic",), description="the kinds of scene drawn: each scene is "
+                                                  "an anechoic chamber or a reverberant room with its own picture")
+    reverberant_fraction: float = Field(0.5, ge=0.0, le=1.0, description="with both environments: the share of "
+                                        "reverberant scenes (each scene draws its kind, seeded)")
     hrtf: Optional[Path] = Field(None, description="SOFA file; None = MIT KEMAR")
     clip_seconds: float = Field(0.63, gt=0.0, description="train/val clip length (the model's window)")
     test_clip_seconds: float = Field(1.0, gt=0.0, description="test clips, evaluated whole with sliding windows")
@@ -344,9 +411,9 @@ def scene_splits(n: int, val_fraction: float, test_fraction: float, seed: int) -
 
 
 def plan(cfg: BinauralBuildConfig) -> list[tuple[str, list[int]]]:
-    """Shards as (relative file, scene indices), per split in scene order; each scene gives one row per environment."""
+    """Shards as (relative file, scene indices), per split in scene order; each scene gives one row."""
     split_of = scene_splits(cfg.scenes, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    per_shard = max(1, cfg.shard_rows // len(cfg.environments))
+    per_shard = cfg.shard_rows
     work = []
     for split in SPLITS:
         mine = [i for i in range(cfg.scenes) if split_of[i] == split]
@@ -359,7 +426,7 @@ def build(cfg: BinauralBuildConfig, out: str | Path,
           progress: Callable[[int, int], None] = lambda done, total: None) -> Manifest:
     """Build (or resume building) generated scenes in `out`, a folder or a URI; returns the manifest. Same config, same
     bytes."""
-    from trainables.binaural.scenes import Renderer, make_scene
+    from trainables.binaural.scenes import Renderer, make_scene, scene_environment, scene_room
 
     if datastore.is_uri(out):
         return datastore.build_and_publish(out, lambda folder: build(cfg, folder, progress), digest=cfg.digest(),
@@ -376,23 +443,28 @@ def build(cfg: BinauralBuildConfig, out: str | Path,
             n = cfg.test_clip_samples if split == "test" else cfg.clip_samples
             clips = []
             for i in indices:
-                scene = make_scene(cfg.scene, renderer, cfg.seed, i, n, cfg.environments)
-                for env in cfg.environments:
-                    s = scene.sources
-                    clips.append(Clip(
-                        clip_id=f"scene-{i:06d}/{env}", scene_id=f"scene-{i:06d}", source="generated",
-                        environment=env, split=split, sample_rate=cfg.scene.sample_rate, wave=scene.waves[env],
-                        frames=scene.image[None], frame_times=np.array([n / cfg.scene.sample_rate / 2]),
-                        depth=scene.depth, azimuth_deg=tuple(x.azimuth_deg for x in s),
-                        distance_m=tuple(x.distance_m for x in s), classes=tuple(x.kind for x in s),
-                        boxes=tuple(x.box for x in s)))
+                env = scene_environment(cfg.seed, i, cfg.environments, cfg.reverberant_fraction)
+                scene = make_scene(cfg.scene, renderer, cfg.seed, i, n, env)
+                s = scene.sources
+                clips.append(Clip(
+                    clip_id=f"scene-{i:06d}/{env}", scene_id=f"scene-{i:06d}", source="generated",
+                    environment=env, split=split, sample_rate=cfg.scene.sample_rate, wave=scene.wave,
+                    frames=scene.image[None], frame_times=np.array([n / cfg.scene.sample_rate / 2]),
+                    depth=scene.depth, azimuth_deg=tuple(x.azimuth_deg for x in s),
+                    distance_m=tuple(x.distance_m for x in s), classes=tuple(x.kind for x in s),
+                    boxes=tuple(x.box for x in s)))
             write_shard(table_of(clips, cfg.dtype), out / rel)
         done += len(indices)
         progress(done, total)
     info = {"sample_rate": cfg.scene.sample_rate, "image_size": list(cfg.scene.image_size), "has_depth": True,
             "dtype": cfg.dtype, "source": "generated", "environments": list(cfg.environments),
             "clip_samples": {"train": cfg.clip_samples, "val": cfg.clip_samples, "test": cfg.test_clip_samples},
-            "build": json.loads(cfg.model_dump_json())}
+            "build": json.loads(cfg.model_dump_json()),
+            # each scene's room (size, listener, materials, absorption, Eyring RT60): cheap to redraw, so resumed
+            # builds list every scene
+            "rooms": {f"scene-{i:06d}": scene_room(cfg.scene, cfg.seed, i, scene_environment(
+                cfg.seed, i, cfg.environments, cfg.reverberant_fraction)).summary(cfg.scene)
+                for i in range(cfg.scenes)}}
     return write_manifest(out, [{"file": rel, "split": rel.split("/")[1].split("-")[0]} for rel, _ in work], info)
 
 
@@ -404,9 +476,13 @@ class BinauralReader(ShardedSplit):
     "depth": [B, 1, H, W] float32 metres (with depth=True)}.
 
     Every row gives one window of `window` samples: a random one (random_crop) or the centre one; rows of exactly
-    `window` samples are used whole. The frame is the one nearest the window's centre. Like the localization
-    `ShardReader`, each of `world_size` workers reads its contiguous share of the epoch-shuffled shard order and every
-    worker gets the same number of rows; the same (seed, epoch, rank) gives the same batches.
+    `window` samples are used whole. The frame is the one nearest the window's centre. Random positions come from
+    the (seed, epoch, rank) generator, so every epoch draws fresh crops of whole recordings (FAIR-Play) and a resumed
+    run draws the same ones again. When the manifest has a frame_crop (FAIR-Play stores frames at 2.5D's resize),
+    frames are cropped to it: at a random position with 2.5D's brightness/colour jitter when random_crop, else the
+    centre crop untouched (`frame_augment`). A view's entries ("select") keep only its split's rows. Like the
+    localization `ShardReader`, each of `world_size` workers reads its contiguous share of the epoch-shuffled shard
+    order and every worker gets the same number of rows; the same (seed, epoch, rank) gives the same batches.
     """
 
     def __init__(self, root: str | Path, split: str, batch_size: int, *, window: int, rank: int = 0,
@@ -431,14 +507,36 @@ class BinauralReader(ShardedSplit):
             raise ValueError(f"{self.manifest.root}: {split} clips are {shortest} samples long, shorter than the "
                              f"model's window of {window} (model.clip_seconds)")
         self.fs, base = datastore.filesystem(self.manifest.root)  # opened once; shards are paths inside it
+        entries = self.manifest.entries(split)
         files = [(f"{base}/{e['file']}",
                   e["rows"] if self.keep is None else sum(n for k, n in e["by_environment"].items() if k in self.keep))
-                 for e in self.manifest.entries(split)]
+                 for e in entries]
+        self._select = {f"{base}/{e['file']}": np.asarray(e["select"], np.int64) for e in entries if "select" in e}
         super().__init__(files, batch_size=batch_size, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed,
                          drop_last=drop_last, where=f"{self.manifest.root} ({split} clips)")
         if not self.files:
             raise ValueError(f"{self.manifest.root}: the dataset has no {split!r} clips"
                              + (f" in {', '.join(sorted(self.keep))}" if self.keep else ""))
+
+    def _frames(self, table: pa.Table, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The frame nearest each row's window centre, [n, 3, h, w] uint8, cropped (and jittered) per frame_crop.
+        Only the chosen frame of each row is copied out of Arrow (a FAIR-Play row holds 100 of them)."""
+        H, W = self.manifest.image_size
+        times, to = _list_rows(table.column("frame_times"))
+        col = table.column("frames")
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        flat, fo = col.values, col.offsets.to_numpy()
+        picks = [fo[i] + int(np.argmin(np.abs(times[to[i]:to[i + 1]] - centres[i]))) for i in range(len(centres))]
+        fmt = self.manifest.frame_format
+        frames = np.stack([decode_frame(flat[k].as_py(), (H, W), fmt) for k in picks])
+        crop = self.manifest.frame_crop
+        if crop is None:
+            return frames
+        n = len(frames)
+        if self.random_crop:
+            frames = frame_augment.crop(frames, frame_augment.random_offsets(rng, n, (H, W), crop), crop)
+            return frame_augment.colour_jitter(frames, *frame_augment.jitter_factors(rng, n))
+        return frame_augment.crop(frames, frame_augment.centre_offsets(n, (H, W), crop), crop)
 
     def _decode(self, table: pa.Table, rng: np.random.Generator) -> dict[str, np.ndarray]:
         H, W = self.manifest.image_size
@@ -457,11 +555,7 @@ class BinauralReader(ShardedSplit):
             centres[i] = (s + L / 2) / sr
         out = {"wave": wave}
         if self.image:
-            frames = table.column("frames").to_pylist()
-            times = table.column("frame_times").to_pylist()
-            out["image"] = np.stack([
-                np.frombuffer(frames[i][int(np.argmin(np.abs(np.asarray(times[i]) - centres[i])))],
-                              np.uint8).reshape(3, H, W) for i in range(n)])
+            out["image"] = self._frames(table, centres, rng)
         if self.depth:
             out["depth"] = np.stack([np.frombuffer(d, np.float32).reshape(1, H, W)
                                      for d in table.column("depth").to_pylist()])
@@ -475,8 +569,10 @@ class BinauralReader(ShardedSplit):
         buffered = 0
         for path, part in self._my_rows():
             table = pq.read_table(path, columns=columns, filesystem=self.fs)
-            kept = (np.arange(table.num_rows) if self.keep is None else
-                    np.flatnonzero([e in self.keep for e in table.column("environment").to_pylist()]))
+            kept = self._select.get(path, np.arange(table.num_rows))
+            if self.keep is not None:
+                envs = table.column("environment").to_pylist()
+                kept = kept[[envs[k] in self.keep for k in kept]]
             table = table.take(kept[part])
             if self.shuffle:
                 table = table.take(rng.permutation(table.num_rows))

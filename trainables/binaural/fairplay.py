@@ -18,16 +18,24 @@ used here (`frame_times`). A missing frame within one frame (0.1 s) of the wante
 frame that exists, because ffmpeg extraction can end one frame short. Anything further away is an error naming the
 files.
 
-Import (`import_fairplay`; `binsweep data fairplay ROOT --out data/fairplay --split 1`):
-- audio is resampled to 16 kHz;
-- train and val clips give `windows_per_clip` random 0.63 s windows each, every window with its nearest frame
-  (one frame per row), as 2.5D's random crops: the start is uniform in [0, S − window], seeded;
-- test clips are kept whole, with every frame (10 fps), for whole-clip sliding-window evaluation
-  (`test_seconds` cuts them shorter);
-- frames are resized to `image_size` (bilinear). FAIR-Play has no depth maps: train with depth_source=rgb, the
-  paper's setting, where the depth network reads the RGB frame.
-The split is by recording, so a recording's windows never leave its split. The import is seeded and resumable
-like the generated builder.
+Import (`import_fairplay`; `binsweep data fairplay ROOT --out data/fairplay`):
+- every recording listed by any split of the split set is stored once, whole (10 s at 16 kHz), with every frame
+  (10 fps); frames are resized (bilinear) to 2.5D's 240×480 for a 224×448 model (`frame_augment.stored_size`, or
+  to the model's size with augment=False) and stored as JPEG (`frame_format`; every epoch reads every frame of a
+  shard, of which it uses one per recording);
+- each split N becomes a view, `<out>/splitN/manifest.json`: a dataset of its own whose entries name the import's
+  shards and the rows of each in N's train/val/test lists. `data.root: <out>` with `data.split: N` (config.py)
+  reads it, so a sweep grids over the ten splits without ten copies of the data;
+- FAIR-Play has no depth maps: train with depth_source=rgb, the paper's setting, where the depth network reads the
+  RGB frame.
+How training reads it (the 2.5D protocol, `BinauralReader`, `frame_augment`):
+- train: every epoch a fresh random 0.63 s window of each whole recording (2.5D draws its start uniformly in
+  [0, 9.9 − 0.63] s; here [0, S − window]), seeded by (seed, epoch, rank), with the frame nearest the window's
+  centre, cropped at random to the model's size and brightness/colour-jittered ×[0.7, 1.3];
+- val: the centre window of each recording and the centre crop of its frame, the same every epoch (deterministic,
+  where 2.5D validates on random crops);
+- test: whole recordings by sliding windows (`evaluate.py`, as 2.5D's demo + evaluate.py), centre-cropped frames.
+The import is resumable like the generated builder (a shard that exists is complete).
 """
 
 from __future__ import annotations
@@ -35,15 +43,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables import datastore
-from trainables.binaural.data import (SPLITS, Clip, Manifest, check_build_state, load_manifest, table_of,
-                                      write_manifest)
+from trainables.binaural import frame_augment
+from trainables.binaural.data import (KIND, MANIFEST, SCHEMA_VERSION, SPLITS, Clip, Manifest, check_build_state,
+                                      load_manifest, table_of, write_manifest)
 from trainables.localization.shards import write_shard
 
 FPS = 10.0
@@ -51,6 +63,7 @@ AUDIO_DIR = "binaural_audios"
 FRAMES_DIR = "frames"
 SPLIT_SETS = {"splits": ".h5", "new_splits": ".txt", "five_splits": ".txt"}
 _SHOW = 10  # missing files named in an error
+ALL = "all"  # the split column of an imported recording: its split depends on the view (split N) that reads it
 
 
 class FairPlayError(FileNotFoundError):
@@ -173,82 +186,145 @@ class FairPlayImportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     root: Path
-    split_index: int = Field(1, ge=1, description="splitN of the split set")
     split_set: Literal["splits", "new_splits", "five_splits"] = "splits"
-    image_size: tuple[int, int] = (224, 448)
-    sample_rate: int = 16000
-    window_seconds: float = Field(0.63, gt=0.0)
-    windows_per_clip: int = Field(8, ge=1, description="random windows per train/val recording")
-    test_seconds: Optional[float] = Field(None, gt=0.0, description="cut test recordings to this length")
+    splits: Optional[tuple[int, ...]] = Field(None, description="which splitN folders to record; None = all there "
+                                              "(10 under splits/, 5 under new_splits/)")
+    image_size: tuple[int, int] = Field((224, 448), description="(H, W) the model sees: the crop size")
+    augment: bool = Field(True, description="store frames at 2.5D's resize (e.g. 240×480 for 224×448) so training "
+                          "can crop them at random; False stores them at image_size, used whole")
+    sample_rate: int = Field(16000, gt=0)
+    max_seconds: Optional[float] = Field(None, gt=0.0, description="cut every recording to this length")
     dtype: Literal["int16", "float32"] = "int16"
-    clips_per_shard: int = Field(16, ge=1, description="recordings per shard")
-    seed: int = 0
+    frame_format: Literal["jpeg", "png", "raw"] = Field(
+        "jpeg", description="how frames are stored: JPEG (quality 95; the frames come from lossy video anyway) "
+        "stores a 240×480 photo in about 48 kB (matplotlib's grace_hopper.jpg: 48 kB JPEG, 174 kB PNG, 346 kB raw), "
+        "which matters because every training epoch reads every frame of a shard to use one per recording")
+    clips_per_shard: int = Field(8, ge=1, description="recordings per shard")
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v):
+        if min(v) < 1:
+            raise ValueError(f"image_size must be two positive integers (H, W), got {v}")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v):
+        if v is not None and (not v or min(v) < 1 or len(set(v)) != len(v)):
+            raise ValueError(f"splits must be distinct split numbers 1, 2, ... (splitN folders), got {v}")
+        return v
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        return frame_augment.stored_size(self.image_size) if self.augment else tuple(self.image_size)
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
-def _clips_of_recording(cfg: FairPlayImportConfig, clip_id: str, split: str) -> list[Clip]:
-    root, sr = cfg.root, cfg.sample_rate
-    wave = load_audio(wav_path(root, clip_id), sr)
-    frames = FrameSource(root, clip_id, tuple(cfg.image_size))
-    source = f"{AUDIO_DIR}/{clip_id}.wav"
-    L = round(cfg.window_seconds * sr)
-    S = wave.shape[1]
-    if S < L:
-        raise ValueError(f"{wav_path(root, clip_id)}: {S / sr:.2f} s is shorter than one {cfg.window_seconds} s window")
-    if split == "test":
-        if cfg.test_seconds is not None:
-            wave = wave[:, :max(L, round(cfg.test_seconds * sr))]
-        duration = wave.shape[1] / sr
-        indices = sorted({frames.index_at(t) for t in np.arange(0, duration, 1 / FPS) + 0.5 / FPS})
-        return [Clip(clip_id=clip_id, scene_id=clip_id, source=source, environment="recorded", split=split,
-                     sample_rate=sr, wave=wave, frames=np.stack([frames.load(k) for k in indices]),
-                     frame_times=(np.asarray(indices, dtype=np.float64) - 0.5) / FPS)]
-    digest = int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:4], "little")
-    rng = np.random.default_rng([cfg.seed, digest])
-    starts = sorted(int(s) for s in rng.integers(0, S - L + 1, size=cfg.windows_per_clip))
-    out = []
-    for s in starts:
-        t_mid = (s + L / 2) / sr
-        k = frames.index_at(t_mid)
-        out.append(Clip(clip_id=f"{clip_id}@{s / sr:.4f}s", scene_id=clip_id, source=source, environment="recorded",
-                        split=split, sample_rate=sr, wave=wave[:, s:s + L], frames=frames.load(k)[None],
-                        frame_times=np.array([(k - 0.5) / FPS - s / sr]), start_s=s / sr))
+def split_numbers(cfg: FairPlayImportConfig) -> list[int]:
+    """The splitN folders to record: cfg.splits, else every splitN folder of the split set."""
+    if cfg.splits is not None:
+        return sorted(cfg.splits)
+    folder = Path(cfg.root) / cfg.split_set
+    found = sorted(int(p.name[5:]) for p in folder.glob("split*") if p.is_dir() and p.name[5:].isdigit())
+    if not found:
+        raise _missing("split folders", [folder / "split1"], f"expected {cfg.split_set}/split1 ... under the FAIR-Play "
+                       f"root {cfg.root} (FAIR-Play ships splits.tar.gz)")
+    return found
+
+
+def memberships(cfg: FairPlayImportConfig) -> dict[int, dict[str, list[str]]]:
+    """{N: {train/val/test: recording ids}} for every recorded split; a recording in two lists of one split is
+    refused."""
+    out = {}
+    for n in split_numbers(cfg):
+        ids = {s: read_split(cfg.root, n, s, cfg.split_set) for s in SPLITS}
+        seen: dict[str, str] = {}
+        for s in SPLITS:
+            for i in ids[s]:
+                if seen.setdefault(i, s) != s:
+                    raise ValueError(f"recording {i} is in both the {seen[i]} and the {s} list of "
+                                     f"{cfg.split_set}/split{n}")
+        out[n] = ids
     return out
+
+
+def _recording(cfg: FairPlayImportConfig, clip_id: str) -> Clip:
+    """One whole recording with every frame (10 fps) at the stored size; its split is given by the views."""
+    sr = cfg.sample_rate
+    wave = load_audio(wav_path(cfg.root, clip_id), sr)
+    if cfg.max_seconds is not None:
+        wave = wave[:, :round(cfg.max_seconds * sr)]
+    frames = FrameSource(cfg.root, clip_id, cfg.stored_size)
+    duration = wave.shape[1] / sr
+    indices = sorted({frames.index_at(t) for t in np.arange(0, duration, 1 / FPS) + 0.5 / FPS})
+    return Clip(clip_id=clip_id, scene_id=clip_id, source=f"{AUDIO_DIR}/{clip_id}.wav", environment="recorded",
+                split=ALL, sample_rate=sr, wave=wave, frames=np.stack([frames.load(k) for k in indices]),
+                frame_times=(np.asarray(indices, dtype=np.float64) - 0.5) / FPS)
+
+
+def _write_view(out: Path, n: int, ids: dict[str, list[str]], shard_ids: dict[str, list[str]],
+                top: Manifest, info: dict) -> None:
+    """out/splitN/manifest.json: split N as a dataset of its own. Each entry names a shard of the import (relative to
+    `out`) and the rows of it in one of N's train/val/test lists; load_manifest reads it through `out`."""
+    by_shard = {e["file"]: e for e in top.data["shards"]}
+    entries, counts = [], {}
+    lengths = {}
+    for file, rec in shard_ids.items():
+        table = pq.read_table(out / file, columns=["left"])
+        for rid, length in zip(rec, pc.list_value_length(table.column("left")).to_pylist()):
+            lengths[rid] = length
+    for split in SPLITS:
+        wanted = set(ids[split])
+        for file, rec in shard_ids.items():
+            select = [k for k, rid in enumerate(rec) if rid in wanted]
+            if select:
+                entries.append({"file": file, "split": split, "rows": len(select), "select": select,
+                                "sha256": by_shard[file]["sha256"], "by_environment": {"recorded": len(select)}})
+        ns = [lengths[i] for i in ids[split]]
+        counts[split] = {"total": len(ns), "by_environment": {"recorded": len(ns)}, "by_sources": {"0": len(ns)},
+                         "by_class": {}, "samples": [min(ns), max(ns)]}
+    view = {**info, "fairplay_split": {"split_set": info["build"]["split_set"], "split": n}, "view_of": ".."}
+    fingerprint = hashlib.sha256(json.dumps([[e["file"], e["sha256"], e["select"]] for e in entries] + [view],
+                                            sort_keys=True).encode()).hexdigest()
+    data = {"kind": KIND, "schema_version": SCHEMA_VERSION, **view, "counts": counts, "shards": entries,
+            "fingerprint": fingerprint}
+    folder = out / f"split{n}"
+    folder.mkdir(exist_ok=True)
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, folder / MANIFEST)
 
 
 def import_fairplay(cfg: FairPlayImportConfig, out: str | Path,
                     progress: Callable[[int, int], None] = lambda done, total: None) -> Manifest:
-    """Import one split of a FAIR-Play root into `out`, a folder or a URI (staged and published); resumable; returns
-    the manifest."""
+    """Import every recording of the chosen splits once into `out` (a folder or a URI, staged and published), with
+    one view per split (`out/splitN`); resumable; returns the manifest of the whole import."""
     if datastore.is_uri(out):
         return datastore.build_and_publish(out, lambda folder: import_fairplay(cfg, folder, progress),
                                            digest=cfg.digest(), load=load_manifest)
     out = Path(out)
-    ids = {s: read_split(cfg.root, cfg.split_index, s, cfg.split_set) for s in SPLITS}
-    seen: dict[str, str] = {}
-    for s in SPLITS:
-        for i in ids[s]:
-            if seen.setdefault(i, s) != s:
-                raise ValueError(f"recording {i} is in both the {seen[i]} and the {s} list of "
-                                 f"{cfg.split_set}/split{cfg.split_index}")
-    check_layout(cfg.root, [i for s in SPLITS for i in ids[s]])
+    members = memberships(cfg)
+    recordings = sorted({i for ids in members.values() for s in SPLITS for i in ids[s]})
+    check_layout(cfg.root, recordings)
     check_build_state(out, cfg.digest(), json.loads(cfg.model_dump_json()))
-    work = []
-    for s in SPLITS:
-        for k in range(0, len(ids[s]), cfg.clips_per_shard):
-            work.append((f"shards/{s}-{k // cfg.clips_per_shard:05d}.parquet", s, ids[s][k:k + cfg.clips_per_shard]))
-    total, done = sum(len(v) for v in ids.values()), 0
-    for rel, split, chunk in work:
+    k = cfg.clips_per_shard
+    shard_ids = {f"shards/rec-{j // k:05d}.parquet": recordings[j:j + k] for j in range(0, len(recordings), k)}
+    done = 0
+    for rel, chunk in shard_ids.items():
         if not (out / rel).exists():
-            clips = [c for i in chunk for c in _clips_of_recording(cfg, i, split)]
-            write_shard(table_of(clips, cfg.dtype), out / rel)
+            write_shard(table_of([_recording(cfg, i) for i in chunk], cfg.dtype, cfg.frame_format), out / rel)
         done += len(chunk)
-        progress(done, total)
-    L = round(cfg.window_seconds * cfg.sample_rate)
-    info = {"sample_rate": cfg.sample_rate, "image_size": list(cfg.image_size), "has_depth": False,
-            "dtype": cfg.dtype, "source": "fairplay", "environments": ["recorded"],
-            "clip_samples": {"train": L, "val": L, "test": None},
+        progress(done, len(recordings))
+    views = [f"split{n}" for n in members]
+    info = {"sample_rate": cfg.sample_rate, "image_size": list(cfg.stored_size), "has_depth": False,
+            "frame_crop": list(cfg.image_size) if cfg.augment else None, "frame_format": cfg.frame_format,
+            "dtype": cfg.dtype, "source": "fairplay",
+            "environments": ["recorded"], "clip_samples": {s: None for s in SPLITS},
             "build": json.loads(cfg.model_dump_json()) | {"root": "<FAIR-Play root>"}}
-    return write_manifest(out, [{"file": rel, "split": split} for rel, split, _ in work], info)
+    top = write_manifest(out, [{"file": rel, "split": ALL} for rel in shard_ids], info | {"views": views})
+    for n, ids in members.items():
+        _write_view(out, n, ids, shard_ids, top, info)
+    return top
