@@ -130,14 +130,15 @@ class MlflowSweepCallback(Callback):
         try:
             validated = trial_model_config(spec, trial.config)
             config, params_m = validated.model_dump(mode="json"), count_params_m(rt["trainable"], validated)
+            init = tracking.init_tags(rt["trainable"], validated)  # e.g. which visual branches start random
         except Exception:  # noqa: BLE001 - an invalid combination: the trial fails with the reason; log what it got
             from sweep_platform.sweep_spec import trial_config
 
-            config, params_m = trial_config(spec, trial.config), None
+            config, params_m, init = trial_config(spec, trial.config), None, {}
         tags = {names.TAG_PARENT: self.ctx.parent_run_id, names.TAG_TRIAL: trial.trial_id,
                 names.TAG_SWEEP: self.ctx.name, names.TAG_TRAINABLE: spec.trainable,
                 names.TAG_DATASET: rt["fingerprint"], names.TAG_GIT: tracking.git_sha(), TAG_STATE: names.RUNNING,
-                TAG_TRAIN_NAME: storage.train_run_name(self.ctx.name, trial.trial_id)}
+                TAG_TRAIN_NAME: storage.train_run_name(self.ctx.name, trial.trial_id), **init}
         c = self._client()
         run = tracking.with_retries(lambda: c.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags),
                                     f"run of trial {trial.trial_id}")

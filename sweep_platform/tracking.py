@@ -107,6 +107,20 @@ def params_of(config: dict) -> dict[str, str]:
     return {k: ("null" if v is None else str(v))[:6000] for k, v in flatten(config).items()}
 
 
+TAG_INIT_PREFIX = "binsweep.init."  # + a part of the model ("image", "depth"): how it started (TrainableSpec)
+
+
+def initialisation(spec, config) -> dict[str, str]:
+    """{part: how it starts} from the trainable's `initialisation` hook (e.g. "image": "random init (...)"), or {}."""
+    hook = getattr(spec, "initialisation", None)
+    return dict(hook(config)) if hook is not None else {}
+
+
+def init_tags(spec, config) -> dict[str, str]:
+    """The run tags saying how each part of the model starts: binsweep.init.image = "random init (...)"."""
+    return {f"{TAG_INIT_PREFIX}{part}": redact(how)[:5000] for part, how in initialisation(spec, config).items()}
+
+
 def is_number(v) -> bool:
     """A finite int or float (not a bool): what MLflow can store as a metric."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -56,6 +56,8 @@ def train(
     console.print(f"training [bold]{trainable}[/bold] run [bold]{run_name}[/bold]: {workers} worker(s), "
                   f"{gpus_per_worker:g} GPU(s) each; MLflow {tracking.redact(tracking.tracking_uri())}",
                   highlight=False)
+    for part, how in tracking.initialisation(spec, cfg).items():  # e.g. that a branch starts from random weights
+        console.print(f"  {part}: {how}", highlight=False, markup=False)
     outcome = run_training(trainable, cfg, name=run_name, resources=resources, max_failures=max_failures,
                            experiment=experiment, fault=os.environ.get("BINSWEEP_FAULT"),
                            progress=TrainProgress(spec, getattr(getattr(cfg, "train", None), "epochs", None), console))

@@ -197,7 +197,7 @@ def _find_or_create_run(spec: TrainableSpec, config: BaseModel, name: str, exper
         return found[0].info.run_id
     run = c.create_run(exp_id, run_name=name, tags={
         names.TAG_TRAIN_NAME: name, names.TAG_TRAINABLE: spec.name, names.TAG_GIT: tracking.git_sha(),
-        names.TAG_DATASET: dataset_fingerprint(config)})
+        names.TAG_DATASET: dataset_fingerprint(config), **tracking.init_tags(spec, config)})
     params = tracking.params_of(config.model_dump(mode="json"))
     params.update({"resources.workers": resources.workers, "resources.gpus_per_worker": resources.gpus_per_worker,
                    "resources.cpus_per_worker": resources.cpus_per_worker})

@@ -176,13 +176,17 @@ def test_binauralize_clip_averages_overlaps():
 def test_losses():
     g = torch.Generator().manual_seed(0)
     mix, target = torch.randn(2, 2, 257, 64, generator=g), torch.randn(2, 2, 257, 64, generator=g)
-    pred = torch.randn(2, 2, 256, 64, generator=g)
+    pred, left, right = (torch.randn(2, 2, 256, 64, generator=g) for _ in range(3))
     d = diff_loss(pred, target)
     torch.testing.assert_close(d, ((pred - target[:, :, :-1]) ** 2).mean())
     assert diff_loss(target[:, :, :-1], target) == 0.0
-    # One difference mask: Ỹl − Yl = (Õ − O)/2 = −(Ỹr − Yr), so MSE(l) + MSE(r) = MSE(diff) / 2.
-    torch.testing.assert_close(two_channel_loss(pred, mix, target), d / 2)
-    for kind, factor in (("diff", 1.0), ("2ch", 0.5), ("both", 1.5)):
-        torch.testing.assert_close(BinauralLoss(LossConfig(kind=kind))(pred, mix, target), factor * d)
+    # 2ch scores the two ear heads against the true ears (A ± O)/2; both = diff + 2ch (tests/test_binaural_two_channel.py
+    # checks that 2ch is not a multiple of diff).
+    a, o = mix[:, :, :-1], target[:, :, :-1]
+    two = two_channel_loss(left, right, mix, target)
+    torch.testing.assert_close(two, ((left - (a + o) / 2) ** 2).mean() + ((right - (a - o) / 2) ** 2).mean())
+    out = {"diff_spec": pred, "left_spec": left, "right_spec": right}
+    for kind, expected in (("diff", d), ("2ch", two), ("both", d + two)):
+        torch.testing.assert_close(BinauralLoss(LossConfig(kind=kind))(out, mix, target), expected)
     with pytest.raises(ValueError, match="bins"):
         diff_loss(pred, target[:, :, :100])

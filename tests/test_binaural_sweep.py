@@ -68,6 +68,9 @@ def test_binaural_sweep_trains_on_ray_and_logs_every_trial(swept):
     for run in children:
         m = run.data.metrics
         assert run.data.tags["binsweep.state"] == "completed"
+        # audio+image without weights: the trial's run says the image ViT starts random (and builds no depth net)
+        assert run.data.tags["binsweep.init.image"].startswith("random init"), run.data.tags
+        assert "binsweep.init.depth" not in run.data.tags
         for key in ("train_loss", "val_loss", "val_stft_dist", "val_env_dist", "samples_per_s"):
             assert [h.step for h in c.get_metric_history(run.info.run_id, key)] == [1, 2], key
         assert m["test_stft_dist"] > 0 and m["test_env_dist"] > 0 and "test_mono_stft_dist" in m

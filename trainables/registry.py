@@ -174,7 +174,13 @@ class TrainableSpec:
     predictor: Predictor | None = None
     serving: Serving | None = None  # a logged model's request and response; None: the model's forward on tensors
     paper: PaperReference | None = None
+    report_notes: Callable[..., list[str]] | None = None  # (trials' params, dataset root or URI, dataset
+    #   fingerprint) -> plain sentences `binsweep report` prints about the sweep, e.g. a limit that the data and the
+    #   architecture set together (BAST-SP on mirror-symmetric data)
     commands: Callable[[PlatformServices], list[Command]] | None = None
+    initialisation: Callable[[BaseModel], Mapping[str, str]] | None = None  # config -> how each part that can start
+    #   from pretrained weights starts, in words, e.g. {"image": "random init (no model.image_weights)"}: printed by
+    #   `binsweep train` and tagged on its MLflow run (binsweep.init.<part>); reads the config only, opens no file
 
     @property
     def reported_metrics(self) -> tuple[str, ...]:

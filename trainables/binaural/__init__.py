@@ -1,19 +1,23 @@
 """Depth-infused binaural audio generation (Parida et al. 2021) as the binsweep trainable "binaural".
 
 config (BinauralConfig, presets), model (BinauralNet), losses, metrics (the 2.5D / PseudoBinaural evaluation),
-scenes + data (generated scenes, Parquet shards, the reader), fairplay (FAIR-Play import), recipe (the shared loop's
-Recipe), evaluate (test-split metrics and plots), inference (whole-clip binauralization, `binsweep binauralize`).
+scenes + data (generated scenes, Parquet shards, the reader), fairplay (FAIR-Play import: whole recordings, one
+view per split) + frame_augment (2.5D's frame crop and jitter), paper (the paper's Tables 1 and 2), recipe (the
+shared loop's Recipe), evaluate (test-split metrics and plots), inference (whole-clip binauralization,
+`binsweep binauralize`).
 """
 
+from trainables.binaural import paper as _paper
 from trainables.binaural.config import (PRESETS, BinauralConfig, BinauralModelConfig, DataConfig, LossConfig,
                                         TrainConfig, preset)
-from trainables.registry import DatasetBuilder, Serving, Tensor, TrainableSpec
+from trainables.registry import DatasetBuilder, PaperReference, Serving, Tensor, TrainableSpec
 
 
 def _build(config: BinauralConfig):
     from trainables.binaural.model import BinauralModel
+    from trainables.binaural.recipe import weights_under_home
 
-    return BinauralModel(config.model)
+    return BinauralModel(weights_under_home(config.model))
 
 
 def _recipe(config: BinauralConfig):
@@ -77,6 +81,19 @@ SERVING = Serving(inputs=_serve_inputs, example=_serve_example, predict=_serve, 
                   requirements=("scipy", "timm", "torchvision", "pillow", "pyarrow"))
 
 
+def _initialisation(config: BinauralConfig) -> dict[str, str]:
+    """How the image and depth ViTs start (weights file or random init) and what the depth branch reads."""
+    from trainables.binaural.weights import describe_init
+
+    return describe_init(config.model)
+
+
+# `--compare-paper`: the paper's Table 1 (split 1) and Table 2 numbers of the trial's variant (paper.py says which
+# row matches which configuration); the page's note also lists Table 2's other methods. paper.py imports nothing.
+PAPER = PaperReference(source=f"{_paper.SOURCE}. Table 2's other methods, STFT / ENV: {_paper.baselines_note()}",
+                       lookup=_paper.paper_values, columns=_paper.COLUMNS)
+
+
 def _commands(services):
     from trainables.binaural.cli import commands
 
@@ -85,7 +102,8 @@ def _commands(services):
 
 SPEC = TrainableSpec(
     name="binaural",
-    description="mono-to-binaural generation: mono mix + frame (+ depth) -> left/right via a difference mask",
+    description="mono-to-binaural generation: mono mix + frame (+ depth) -> left/right via complex masks on the "
+                "mix (a difference mask, two ear masks, or both: model.masks)",
     config_type=BinauralConfig,
     build_model=_build,
     recipe=_recipe,
@@ -100,6 +118,8 @@ SPEC = TrainableSpec(
     dataset_builder=DatasetBuilder(config="trainables.binaural.data:BinauralBuildConfig",
                                    builder="trainables.binaural.data:build", command="binsweep data binaural"),
     commands=_commands,
+    paper=PAPER,
+    initialisation=_initialisation,
 )
 
 __all__ = ["BinauralConfig", "BinauralModelConfig", "DataConfig", "LossConfig", "TrainConfig", "preset", "SPEC"]

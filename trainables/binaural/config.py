@@ -18,6 +18,10 @@ from trainables.presets import expand_model_preset
 
 Modalities = Literal["audio", "audio+image", "audio+depth", "audio+image+depth"]
 LossKind = Literal["diff", "2ch", "both"]
+MaskHead = Literal["diff", "ears", "both"]
+# The masks each loss trains (losses.py): the difference mask, the left and right ear masks, or all three.
+HEAD_FOR_LOSS: dict[str, str] = {"diff": "diff", "2ch": "ears", "both": "both"}
+_MASK_CHANNELS = {"diff": 2, "ears": 4, "both": 6}  # (real, imag) per complex mask
 
 
 class _Strict(BaseModel):
@@ -38,6 +42,12 @@ class BinauralModelConfig(_Strict):
     # Audio U-Net (2.5D AudioNet, ngf 64): one entry per strided conv; the decoder mirrors it.
     unet_channels: tuple[int, ...] = Field(
         (64, 128, 256, 512, 512), min_length=1, description="encoder output channels, first to last (bottleneck)"
+    )
+    # Output head (heads.py): which complex masks the last decoder layer predicts. It is what loss.kind trains, so a
+    # BinauralConfig sets it from loss.kind and a saved config carries it: a checkpoint rebuilds the same head.
+    masks: MaskHead | None = Field(
+        None, description="diff: one difference mask (2.5D); ears: a left and a right mask (APNet's '2 Ch.'); both: "
+        "all three. null = follow loss.kind (diff -> diff, 2ch -> ears, both -> both); a bare model config: diff"
     )
 
     # Visual side (paper §2.1).
@@ -63,8 +73,22 @@ class BinauralModelConfig(_Strict):
         "rgb", description="rgb: the depth ViT reads the RGB frame, as in the paper (DPT-style, MIX6 weights); "
         "map: it reads a precomputed 1-channel depth map [B, 1, H, W]"
     )
-    image_weights: str | None = Field(None, description="local timm-format state_dict for the image ViT; never downloaded")
-    depth_weights: str | None = Field(None, description="local timm-format state_dict for the depth ViT; never downloaded")
+    # Pretrained weights from local files, never downloaded; the format is detected (weights.py). Unset: random init,
+    # which `binsweep train` and the run's binsweep.init.* tags say.
+    image_weights: str | None = Field(
+        None, description="local ImageNet weights for the image ViT (paper: ImageNet): timm state_dict .pth/.bin, "
+        ".safetensors or Google's .npz; null = random init"
+    )
+    depth_weights: str | None = Field(
+        None, description="local weights for the depth ViT (paper: DPT's MIX6 weights): a DPT / MiDaS v3 ViT "
+        "checkpoint (dpt_large*.pt), or any format image_weights takes; null = random init"
+    )
+    depth_rgb_norm: Literal["auto", "dpt", "imagenet"] = Field(
+        "auto", description="what the depth ViT sees when it reads the RGB frame: dpt = mean 0.5, std 0.5 (what DPT "
+        "and MiDaS were trained on), imagenet = the image branch's normalisation. auto = dpt with depth_weights, "
+        "imagenet without (random init does not care, and models saved before this field keep their input); a "
+        "BinauralConfig pins the resolved value, so a trained model rebuilds without its weights file"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BinauralModelConfig:
@@ -96,6 +120,9 @@ class BinauralModelConfig(_Strict):
             raise ValueError(f"image_weights is set but modalities={self.modalities!r} builds no image network")
         if self.depth_weights is not None and not self.uses_depth:
             raise ValueError(f"depth_weights is set but modalities={self.modalities!r} builds no depth network")
+        if self.depth_rgb_norm == "dpt" and not (self.uses_depth and self.depth_source == "rgb"):
+            raise ValueError(f"depth_rgb_norm=dpt applies to a depth network reading RGB, and modalities="
+                             f"{self.modalities!r}, depth_source={self.depth_source!r} has none; allowed: auto, imagenet")
         return self
 
     @property
@@ -133,12 +160,30 @@ class BinauralModelConfig(_Strict):
     def needs_depth_map(self) -> bool:
         return self.uses_depth and self.depth_source == "map"
 
+    @property
+    def depth_norm(self) -> Literal["dpt", "imagenet"]:
+        """depth_rgb_norm resolved: auto is dpt when a depth network reading RGB gets depth_weights."""
+        if self.depth_rgb_norm != "auto":
+            return self.depth_rgb_norm
+        return "dpt" if self.uses_depth and self.depth_source == "rgb" and self.depth_weights else "imagenet"
+
+    @property
+    def mask_head(self) -> str:
+        """The head BinauralNet builds: `masks`, or the difference mask when nothing set it."""
+        return self.masks or "diff"
+
+    @property
+    def mask_channels(self) -> int:
+        """Output channels of the last decoder layer: 2 (real, imag) per complex mask."""
+        return _MASK_CHANNELS[self.mask_head]
+
 
 class LossConfig(_Strict):
     """Training loss on spectrograms (paper §2.4, Table 2).
 
-    diff: MSE on the predicted difference spectrogram (2.5D, "Ours (Diff.)"); 2ch: MSE on left plus MSE on right;
-    both: their sum. With one difference mask and mix = L + R, 2ch is exactly diff / 2 (see losses.py).
+    diff: MSE on the difference spectrogram predicted by the difference mask (2.5D, "Ours (Diff.)"); 2ch: MSE on
+    left plus MSE on right, predicted by two ear masks (APNet's "2 Ch."); both: their sum, with all three masks.
+    The kind picks the model's head (`model.masks`, see HEAD_FOR_LOSS and losses.py).
     """
 
     kind: LossKind = "diff"
@@ -165,9 +210,34 @@ class TrainConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where the binaural clips (with frames and, for depth_source=map, depth maps) live."""
+    """Where the binaural clips (with frames and, for depth_source=map, depth maps) live.
+
+    A FAIR-Play import (`binsweep data fairplay`) holds all its splits; `split: N` reads split N, the view
+    `<root>/splitN` the import wrote. Every reader of the data (training, evaluation, serving checks) is given
+    data.root alone, so the view's folder is folded into root when the config is validated: {root: data/fairplay,
+    split: 3} becomes root data/fairplay/split3, and validating that again changes nothing.
+    """
 
     root: str = Field("data/binaural", description="dataset folder; relative to BINSWEEP_HOME")
+    split: int | None = Field(None, ge=1, le=10, description="FAIR-Play split 1..10 (1..5 for new_splits) of a "
+                              "`binsweep data fairplay` import at root; null for other datasets")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_split(cls, data):
+        n = data.get("split") if isinstance(data, dict) else None
+        if isinstance(n, str) and n.strip().isdigit():  # a command-line override
+            n = int(n)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return data  # nothing to fold; the field's own validation reports a bad value
+        root = str(data.get("root", cls.model_fields["root"].default)).rstrip("/")
+        last = root.rsplit("/", 1)[-1]
+        if last == f"split{n}":
+            return data
+        if last.startswith("split") and last[5:].isdigit():
+            raise ValueError(f"data.root {root!r} is already the view of split {last[5:]}, but data.split is {n}; "
+                             "give the import folder as data.root")
+        return {**data, "root": f"{root}/split{n}"}
 
 
 class BinauralConfig(_Strict):
@@ -183,6 +253,26 @@ class BinauralConfig(_Strict):
     def _expand_preset(cls, data):
         """`model: {preset: binaural_tiny, modalities: audio}` = the preset with those fields overridden."""
         return expand_model_preset(data, PRESETS)
+
+    @model_validator(mode="after")
+    def _pin_depth_norm(self) -> BinauralConfig:
+        """model.depth_rgb_norm auto -> its resolved value, so that the saved config keeps the input a trained model
+        saw after its weights paths are dropped (inference.trained_config)."""
+        if self.model.depth_rgb_norm == "auto":
+            object.__setattr__(self, "model", self.model.model_copy(update={"depth_rgb_norm": self.model.depth_norm}))
+        return self
+
+    @model_validator(mode="after")
+    def _masks_follow_loss(self) -> BinauralConfig:
+        """model.masks = the head loss.kind trains; unset, it is filled in, so the saved config names the head."""
+        want = HEAD_FOR_LOSS[self.loss.kind]
+        if self.model.masks is None:
+            # frozen: the validator is the one place the resolved model config is put in
+            object.__setattr__(self, "model", self.model.model_copy(update={"masks": want}))
+        elif self.model.masks != want:
+            raise ValueError(f"model.masks={self.model.masks!r} does not fit loss.kind={self.loss.kind!r}, which "
+                             f"trains the {want!r} head; allowed: model.masks {want!r} or unset (it follows loss.kind)")
+        return self
 
 
 def _preset(**model) -> BinauralModelConfig:

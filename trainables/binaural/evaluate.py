@@ -16,7 +16,8 @@ Lower is better for every distance; higher is better for SNR.
 Files, with `out_dir`:
 - for the first `n_examples` clips:
   - `examples/<clip>_pred.wav` and `_true.wav` (2 channels, channel 0 = left);
-  - `<clip>_diff_spec.png`: the true and predicted |STFT(L − R)| in dB;
+  - `<clip>_diff_spec.png`: the true and predicted |STFT(L − R)| in dB (the predicted ears' difference, whatever
+    the model's head: `inference.predict_clip` forms the ears by `recipe.ears_from_output`);
   - `<clip>_attention.png`: each decoder layer's cross-modal attention over the frame, averaged over its
     time-frequency positions, one row per visual modality;
 - `per_clip.csv`;

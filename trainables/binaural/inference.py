@@ -48,7 +48,7 @@ def predict_windows(model: torch.nn.Module, windows: np.ndarray, images: np.ndar
                     depths: np.ndarray | None, device="cpu", batch_size: int = 64) -> np.ndarray:
     """windows [N, L] mono mixes (L + R, already normalised), images uint8 [N, 3, H, W], depths [N, 1, H, W] metres
     -> predicted ears [N, 2, L] float64."""
-    from trainables.binaural.recipe import depth_input, ears_from_diff, image_input, spec_args
+    from trainables.binaural.recipe import depth_input, ears_from_output, image_input, spec_args
 
     cfg = model_config(model)
     device = torch.device(device)
@@ -60,8 +60,8 @@ def predict_windows(model: torch.nn.Module, windows: np.ndarray, images: np.ndar
             image = image_input(torch.as_tensor(images[k:k + batch_size], device=device), cfg.image_size)
         if cfg.needs_depth_map:
             depth = depth_input(torch.as_tensor(depths[k:k + batch_size], device=device), cfg.image_size)
-        pred = model(stft(mix, **spec_args(cfg)), image, depth)["diff_spec"].float()
-        out.append(ears_from_diff(cfg, mix, pred).double().cpu().numpy())
+        pred = model(stft(mix, **spec_args(cfg)), image, depth)  # any head's output dict (model.masks)
+        out.append(ears_from_output(cfg, mix, pred).double().cpu().numpy())
     return np.concatenate(out)
 
 

@@ -6,8 +6,9 @@ but the first. An image ViT and a depth ViT each tap four blocks, reshape the to
 to d channels with a 1×1 conv and concatenate them to 4d (§2.1). At every decoder layer the cosine similarity between
 each visual position and each audio time-frequency position (eq. 1–2) is flattened to h·w channels at that layer's
 resolution, image and depth maps are concatenated (eq. 3) and joined to the audio features (§2.3). The last layer
-gives a complex mask M in [-1, 1]; the predicted difference spectrogram is Õ = M ⊙ A and the ears are
-Ỹl = (A + Õ) / 2, Ỹr = (A − Õ) / 2.
+gives complex masks in [-1, 1], each multiplied with A (`model.masks`, heads.py): a difference mask M, Õ = M ⊙ A and
+ears Ỹl = (A + Õ) / 2, Ỹr = (A − Õ) / 2 (2.5D); or ear masks M_l, M_r, Ỹl = M_l ⊙ A, Ỹr = M_r ⊙ A (APNet's "2 Ch.");
+or both.
 
 Notation: B batch, S samples, F frequency bins (257), T frames (64), C channels, d tap channels, (h, w) ViT patch grid,
 R = h·w visual regions, (f_i, t_i) resolution of decoder layer i. Spectrograms stack (real, imag) as 2 channels.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.binaural import weights as W
 from trainables.binaural.config import BinauralModelConfig
 
 _LEAKY_SLOPE = 0.2  # 2.5D unet_conv
@@ -101,28 +103,24 @@ class AudioEncoder(nn.Module):
         return feats
 
 
-def _load_backbone_weights(vit: nn.Module, path: str) -> None:
-    """Load a local timm-format ViT state_dict, resampling the position embedding to this grid; never downloads.
+def _load_backbone_weights(vit: nn.Module, path: str, backbone: str, branch: str, norm: str):
+    """Load local weights (format detected, weights.py) into the unpruned ViT; never downloads. Returns the
+    converted checkpoint (its readout projections, what was dropped).
 
-    Head keys are dropped (the backbone is headless); a 3-channel patch embedding is adapted to a 1-channel depth map
-    by timm's `adapt_input_conv` (channel sum). Any other missing or unexpected key is an error.
+    A 3-channel patch embedding is adapted to a 1-channel depth map by timm's `adapt_input_conv` (channel sum); the
+    position embedding is resampled to this grid. A DPT/MiDaS checkpoint is a depth network trained on DPT-normalised
+    frames: refused for the image branch, and for a depth branch told to see ImageNet-normalised frames.
     """
-    from timm.models import adapt_input_conv
-    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    if isinstance(vit, VisionTransformer):
-        state = checkpoint_filter_fn(state, vit)  # resamples pos_embed, converts old timm layouts
-    proj = "patch_embed.proj.weight"
-    if proj in state and state[proj].shape[1] != vit.patch_embed.proj.weight.shape[1]:
-        state[proj] = adapt_input_conv(vit.patch_embed.proj.weight.shape[1], state[proj])
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"backbone weights {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    ckpt = W.read_checkpoint(path)
+    if ckpt.is_dpt and branch == "image":
+        raise W.WeightsError(f"image_weights {path} is a DPT/MiDaS depth network; the image branch takes ImageNet "
+                             "weights (timm .pth/.bin, .safetensors, .npz). Did you mean depth_weights?")
+    if ckpt.is_dpt and branch == "depth" and norm != "dpt":
+        raise W.WeightsError(f"depth_weights {path} is a DPT/MiDaS checkpoint, trained on frames normalised with "
+                             "mean 0.5, std 0.5, but depth_rgb_norm resolves to imagenet; set model.depth_rgb_norm: "
+                             "dpt (or auto)")
+    W.load_backbone(vit, ckpt, backbone)
+    return ckpt
 
 
 def even_taps(depth: int, n_taps: int) -> list[int]:
@@ -134,9 +132,12 @@ class ViTFeatures(nn.Module):
     """Image or depth network (paper §2.1): a timm ViT tapped at n blocks, each tap 1×1-conved to d, concatenated.
 
     Blocks after the deepest tap, the final norm and the head are pruned: they would never receive a gradient.
+    The depth branch reading RGB with depth_rgb_norm=dpt re-normalises its ImageNet-normalised input to DPT's
+    (mean 0.5, std 0.5) with a fixed per-channel affine map, so DPT/MiDaS weights see what they were trained on.
+    `init` says how the branch started, in words (weights.describe_init, plus what a checkpoint left out).
     """
 
-    def __init__(self, cfg: BinauralModelConfig, in_chans: int, weights: str | None):
+    def __init__(self, cfg: BinauralModelConfig, in_chans: int, weights: str | None, branch: str = "image"):
         super().__init__()
         self.vit = timm.create_model(cfg.backbone, pretrained=False, img_size=cfg.image_size, in_chans=in_chans,
                                      num_classes=0)
@@ -145,8 +146,12 @@ class ViTFeatures(nn.Module):
         patch = self.vit.patch_embed.patch_size
         if cfg.image_size[0] % patch[0] or cfg.image_size[1] % patch[1]:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of {cfg.backbone}'s patch size {patch}")
+        self.branch = branch
+        self.init = W.describe_init(cfg).get(branch, "random init")
+        ckpt = None
         if weights is not None:
-            _load_backbone_weights(self.vit, weights)
+            ckpt = _load_backbone_weights(self.vit, weights, cfg.backbone, branch, cfg.depth_norm)
+            self.init = self.init.replace(f"weights from {weights}", f"{ckpt.label} weights from {weights}")
         depth = len(self.vit.blocks)
         self.taps = list(cfg.tap_blocks) if cfg.tap_blocks is not None else even_taps(depth, cfg.n_taps)
         if self.taps[-1] >= depth:
@@ -161,9 +166,33 @@ class ViTFeatures(nn.Module):
         if cfg.readout == "project":
             self.readout_proj = nn.ModuleList(nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU()) for _ in self.taps)
         self.proj = nn.ModuleList(nn.Conv2d(dim, cfg.proj_channels, kernel_size=1) for _ in self.taps)
+        self._readout_loaded = False
+        if ckpt is not None and ckpt.readout:
+            if cfg.readout == "project":
+                W.load_readout(self.readout_proj, ckpt, cfg.backbone)
+                self._readout_loaded = True
+            else:
+                ckpt.dropped.append("DPT readout projection (model.readout=ignore)")
+        if ckpt is not None and ckpt.dropped:
+            self.init += f"; not used from the file: {', '.join(ckpt.dropped)}"
+        if ckpt is not None and cfg.readout == "project" and not self._readout_loaded:
+            self.init += "; readout projection: random init (none in the file)"
+        # Non-persistent: derived from the config, so state dicts saved before this existed still load.
+        self.renormalise = branch == "depth" and in_chans == 3 and cfg.depth_norm == "dpt"
+        if self.renormalise:
+            scale, shift = W.renormalisation(W.IMAGENET_MEAN, W.IMAGENET_STD, W.DPT_MEAN, W.DPT_STD)
+            self.register_buffer("input_scale", scale, persistent=False)  # [1, 3, 1, 1]
+            self.register_buffer("input_shift", shift, persistent=False)  # [1, 3, 1, 1]
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters that keep their timm init or loaded weights (BinauralNet re-initialises the rest)."""
+        loaded = list(self.readout_proj.parameters()) if self._readout_loaded else []
+        return list(self.vit.parameters()) + loaded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, in_chans, H, W] -> f_I or f_D [B, n_taps·d, h, w]."""
+        """x: [B, in_chans, H, W] (RGB: ImageNet-normalised) -> f_I or f_D [B, n_taps·d, h, w]."""
+        if self.renormalise:
+            x = x * self.input_scale + self.input_shift  # ImageNet -> DPT normalisation, [B, 3, H, W]
         project = self.readout == "project"
         inter = self.vit.forward_intermediates(x, indices=self.taps, return_prefix_tokens=project,
                                                intermediates_only=True)  # n_taps × [B, D, h, w] (+ prefix tokens)
@@ -246,7 +275,7 @@ class BinauralNet(nn.Module):
         visual = cfg.n_taps * cfg.proj_channels  # 4d
         self.image_net = ViTFeatures(cfg, 3, cfg.image_weights) if cfg.uses_image else None
         depth_chans = 3 if cfg.depth_source == "rgb" else 1
-        self.depth_net = ViTFeatures(cfg, depth_chans, cfg.depth_weights) if cfg.uses_depth else None
+        self.depth_net = ViTFeatures(cfg, depth_chans, cfg.depth_weights, "depth") if cfg.uses_depth else None
         self.visual_names = [n for n, net in (("image", self.image_net), ("depth", self.depth_net)) if net is not None]
         regions = sum(math.prod(getattr(self, f"{n}_net").grid) for n in self.visual_names)
 
@@ -257,16 +286,22 @@ class BinauralNet(nn.Module):
         for i in range(n):
             audio_ch = enc[n - 1 - i]  # f_A for i = 0, else the previous decoder layer's output (= enc[n-1-i])
             skip_ch = enc[n - 1 - i] if i > 0 else 0  # paper: skips into every decoder layer except the first
-            c_out = enc[n - 2 - i] if i < n - 1 else 2
+            c_out = enc[n - 2 - i] if i < n - 1 else cfg.mask_channels  # last: 2 per complex mask
             self.decoder.append(DecoderLayer(audio_ch, skip_ch, regions, c_out, outermost=i == n - 1))
             self.attention.append(nn.ModuleDict(
                 {m: CrossModalAttention(visual, audio_ch, align=i > 0) for m in self.visual_names}))
         self._init_weights()
+        if cfg.mask_head in ("ears", "both"):
+            # Ear masks start at 0.5 + 0i (tanh(0.5 · 2 atanh 0.5) = 0.5): Ỹl = Ỹr = A/2, the mono baseline where the
+            # difference head starts (M ≈ 0), so every loss kind starts from the same ears.
+            with torch.no_grad():
+                self.decoder[-1].up.conv.bias[[-4, -2]] = 2 * math.atanh(0.5)
 
     def _init_weights(self) -> None:
         # 2.5D weights_init, N(0, 0.02) convs and N(1, 0.02) BN scales, for everything but the timm backbones,
         # which keep timm's ViT init (or the loaded weights).
-        backbones = {id(p) for net in (self.image_net, self.depth_net) if net is not None for p in net.vit.parameters()}
+        backbones = {id(p) for net in (self.image_net, self.depth_net) if net is not None
+                     for p in net.pretrained_parameters()}
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and id(module.weight) not in backbones:
                 nn.init.normal_(module.weight, 0.0, 0.02)
@@ -298,9 +333,12 @@ class BinauralNet(nn.Module):
         """mix_spec: [B, 2, F, T] spectrogram of the mix L + R; image: [B, 3, H, W] (ImageNet-normalised);
         depth: [B, 1, H, W] (depth_source=map only).
 
-        Returns {"diff_spec": Õ [B, 2, F-1, T], "mask": M [B, 2, F-1, T] in [-1, 1]} and, with return_attention,
-        "attention": {"image"/"depth": one [B, R, f_i, t_i] map per decoder layer}. The Nyquist bin is dropped as
-        in 2.5D (the U-Net maps 257 bins to 128 and back to 256).
+        Returns, by cfg.mask_head (heads.py turns any of them into ears):
+        - diff and both: "diff_spec": Õ = M ⊙ A [B, 2, F-1, T], "mask": M [B, 2, F-1, T] in [-1, 1];
+        - ears and both: "left_spec": Ỹl = M_l ⊙ A, "right_spec": Ỹr = M_r ⊙ A [B, 2, F-1, T], "ear_masks":
+          [B, 2 (left, right), 2 (real, imag), F-1, T] in [-1, 1];
+        and, with return_attention, "attention": {"image"/"depth": one [B, R, f_i, t_i] map per decoder layer}. The
+        Nyquist bin is dropped as in 2.5D (the U-Net maps 257 bins to 128 and back to 256).
         """
         self._check_inputs(mix_spec, image, depth)
         feats = self.encoder(mix_spec)  # n × [B, C_k, f_k, t_k]
@@ -318,10 +356,18 @@ class BinauralNet(nn.Module):
             for m, a in zip(self.visual_names, att):
                 maps[m].append(a)
             x = layer(x, feats[n - 1 - i] if i > 0 else None, att)  # [B, C_out, 2f_i, 2t_i]
-        # tanh(x/2) is exactly 2.5D's 2·sigmoid(x) - 1: a mask in [-1, 1].
-        mask = torch.tanh(0.5 * x)  # [B, 2, F-1, T]
-        diff = complex_mul(mask, mix_spec[:, :, :-1])  # [B, 2, F-1, T]
-        out: dict = {"diff_spec": diff, "mask": mask}
+        # tanh(x/2) is exactly 2.5D's 2·sigmoid(x) - 1: masks in [-1, 1]. Channels: the difference mask first (diff,
+        # both), then left and right (ears, both).
+        masks = torch.tanh(0.5 * x)  # [B, cfg.mask_channels, F-1, T]
+        mix = mix_spec[:, :, :-1]  # A without the Nyquist bin: [B, 2, F-1, T]
+        out: dict = {}
+        if self.cfg.mask_head in ("diff", "both"):
+            out["mask"] = masks[:, :2]
+            out["diff_spec"] = complex_mul(out["mask"], mix)  # Õ
+        if self.cfg.mask_head in ("ears", "both"):
+            out["ear_masks"] = masks[:, -4:].unflatten(1, (2, 2))  # [B, 2 (left, right), 2, F-1, T]
+            out["left_spec"] = complex_mul(out["ear_masks"][:, 0], mix)  # Ỹl
+            out["right_spec"] = complex_mul(out["ear_masks"][:, 1], mix)  # Ỹr
         if return_attention:
             out["attention"] = maps
         return out

@@ -9,11 +9,13 @@
   - both go through the STFT (n_fft 512, hop 160, win 400), stacked as (real, imag): [B, 2, 257, 64].
 - Frames are uint8 [B, 3, H, W]. They are resized to model.image_size when the dataset's size differs, then
   ImageNet-normalised. Depth maps, for depth_source=map, are given as inverse depth 1/m, DPT's output convention.
-- Loss: `losses.BinauralLoss` (diff, 2ch or both).
+- Loss: `losses.BinauralLoss` (diff, 2ch or both) on the model's output dict; the model's head is the one the loss
+  trains (config.py: model.masks follows loss.kind).
 - Validation sums, each a sum over the windows:
   - val_loss;
-  - val_stft_dist and val_env_dist: the metrics of `metrics.py` on each window's predicted (L̂, R̂) = ((A + Ô)/2, (A − Ô)/2)
-    against the true ears, with evaluate.py's `--normalization` (each array divided by its own max |x|).
+  - val_stft_dist and val_env_dist: the metrics of `metrics.py` on each window's predicted (L̂, R̂) (`ears_from_output`,
+    heads.py: e.g. ((A + Õ)/2, (A − Õ)/2) for the diff head) against the true ears, with evaluate.py's
+    `--normalization` (each array divided by its own max |x|).
     They are computed in torch on the device: the same definitions as `metrics.stft_distance` /
     `metrics.envelope_distance`, in float32.
 """
@@ -25,9 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainables import datastore
+from trainables import datastore, home
 from trainables.binaural.config import BinauralConfig, BinauralModelConfig
 from trainables.binaural.data import BinauralReader, load_manifest
+from trainables.binaural.heads import ear_specs
 from trainables.binaural.losses import BinauralLoss
 from trainables.binaural.model import istft, stft
 from trainables.loop import per_worker_batch
@@ -43,6 +46,14 @@ def dataset_root(config: BinauralConfig) -> Path | str:
     """data.root: a URI (s3://...) as given, a folder as given when absolute, else under BINSWEEP_HOME (the driver
     resolves it before workers start)."""
     return datastore.normalize(config.data.root)
+
+
+def weights_under_home(cfg: BinauralModelConfig) -> BinauralModelConfig:
+    """Relative image_weights / depth_weights made absolute under BINSWEEP_HOME, as data.root and the caches are
+    (trainables.home): a sweep file's `weights/dpt_large.pt` is the same file for the driver and every worker, whose
+    working directory need not be the driver's."""
+    update = {k: str(home.resolve(v)) for k in ("image_weights", "depth_weights") if (v := getattr(cfg, k))}
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def rms_normalize(wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,12 +100,11 @@ def model_inputs(cfg: BinauralModelConfig, batch: dict, device: torch.device) ->
     return out
 
 
-def ears_from_diff(cfg: BinauralModelConfig, mix: torch.Tensor, diff_spec: torch.Tensor) -> torch.Tensor:
-    """mix [B, S] and a predicted difference spectrogram [B, 2, F-1 or F, T] -> (L̂, R̂) [B, 2, S]."""
-    if diff_spec.shape[-2] == cfg.freq_bins - 1:
-        diff_spec = F.pad(diff_spec, (0, 0, 0, 1))  # the dropped Nyquist bin comes back as 0
-    diff = istft(diff_spec.float(), mix.shape[-1], **spec_args(cfg))  # [B, S]
-    return torch.stack([(mix + diff) / 2, (mix - diff) / 2], dim=1)
+def ears_from_output(cfg: BinauralModelConfig, mix: torch.Tensor, out: dict) -> torch.Tensor:
+    """mix [B, S] and a model output dict (any head) -> (L̂, R̂) [B, 2, S]: every consumer's path (heads.py)."""
+    mix = mix.float()
+    specs = ear_specs({k: v.float() for k, v in out.items() if k != "attention"}, stft(mix, **spec_args(cfg)))
+    return istft(specs, mix.shape[-1], **spec_args(cfg))  # [B, 2, 2, F, T] -> [B, 2, S]
 
 
 def _max_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +159,7 @@ class BinauralRecipe:
     def build_model(self) -> torch.nn.Module:
         from trainables.binaural.model import BinauralModel
 
-        return BinauralModel(self.cfg)
+        return BinauralModel(weights_under_home(self.cfg))
 
     def _reader(self, split: str, rank: int, world_size: int) -> BinauralReader:
         key = (split, rank, world_size)
@@ -168,22 +178,22 @@ class BinauralRecipe:
         reader.set_epoch(epoch)
         return iter(reader)
 
-    def _forward(self, model, batch, device) -> tuple[dict, torch.Tensor]:
+    def _forward(self, model, batch, device) -> tuple[dict, dict[str, torch.Tensor]]:
         x = model_inputs(self.cfg, batch, device)
-        pred = model(x["mix_spec"], x["image"], x["depth"])["diff_spec"].float()  # [B, 2, F-1, T]
-        return x, pred
+        out = model(x["mix_spec"], x["image"], x["depth"])  # the head's spectrograms and masks, [B, ..., F-1, T]
+        return x, {k: v.float() for k, v in out.items()}
 
     def loss(self, model, batch, device):
-        x, pred = self._forward(model, batch, device)
-        return self.criterion(pred, x["mix_spec"], x["diff_spec"]), len(pred)
+        x, out = self._forward(model, batch, device)
+        return self.criterion(out, x["mix_spec"], x["diff_spec"]), len(x["mix"])
 
     def validation_sums(self, model, batch, device):
-        x, pred = self._forward(model, batch, device)
-        n = len(pred)
+        x, out = self._forward(model, batch, device)
+        n = len(x["mix"])
         with torch.autocast(device.type, enabled=False):
-            ears = ears_from_diff(self.cfg, x["mix"], pred)  # [B, 2, S]
+            ears = ears_from_output(self.cfg, x["mix"], out)  # [B, 2, S]
             stft_d = stft_distance(ears, x["wave"], self.cfg)
             env_d = envelope_distance(ears, x["wave"])
-        return {"val_loss": (self.criterion(pred, x["mix_spec"], x["diff_spec"]).detach() * n, n),
+        return {"val_loss": (self.criterion(out, x["mix_spec"], x["diff_spec"]).detach() * n, n),
                 "val_stft_dist": (stft_d.sum(), n),
                 "val_env_dist": (env_d.sum(), n)}
