@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -39,16 +40,25 @@ pytestmark = pytest.mark.slow
 
 
 def _free_ports(n: int) -> list[int]:
+    """n free ports from 20000-32767: above Ray's worker ports (10002-19999) and below the kernel's ephemeral range
+    (32768-60999), from which Ray's own components draw their unnamed ports while the cluster starts. A fixed port
+    from the ephemeral range (what binding port 0 gives) could be taken by one of those before the process meant for
+    it binds it: the dashboard agent then dies and the job server answers "No available agent" (seen once in CI)."""
+    rng = random.Random()
     socks, ports = [], []
     try:
         while len(ports) < n:
+            port = rng.randrange(20000, 32768)
+            if port in ports or (port + 1) in ports or (port - 1) in ports:  # the agent's neighbour is used too
+                continue
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-            # Ray's worker ports are 10002-19999; keep the fixed ones out of that range
-            if not 10002 <= port <= 19999 and port not in ports:
-                ports.append(port)
+            ports.append(port)
     finally:
         for s in socks:
             s.close()
