@@ -12,7 +12,7 @@ from trainables.binaural.data import BinauralBuildConfig, build
 from trainables.binaural.heads import ear_specs
 from trainables.binaural.losses import BinauralLoss, diff_loss, two_channel_loss
 from trainables.binaural.model import BinauralNet, complex_mul, istft, stft
-from trainables.binaural.recipe import BinauralRecipe, ears_from_output, weights_under_home
+from trainables.binaural.recipe import BinauralRecipe, ears_from_output
 from trainables.loop import save_checkpoint
 
 KINDS = {"diff": "diff", "2ch": "ears", "both": "both"}  # loss.kind -> model.masks
@@ -86,14 +86,20 @@ def test_model_masks_follow_loss_kind():
 
 
 def test_relative_weights_paths_are_under_binsweep_home(monkeypatch, tmp_path):
-    """binaural_ablation.yaml names weights/... relative to BINSWEEP_HOME, as its dataset; absolute paths stay."""
+    """binaural_ablation.yaml names weights/... relative to BINSWEEP_HOME, as its dataset; absolute paths stay. The
+    spec's build (what a trial and a loaded model use) looks for the file there, whatever the working directory."""
+    from trainables.binaural import SPEC
+    from trainables.binaural.weights import WeightsError
+
     monkeypatch.setenv("BINSWEEP_HOME", str(tmp_path))
-    cfg = config("both", modalities="audio+image+depth", image_weights="weights/vit.safetensors",
-                 depth_weights="/abs/dpt_large.pt").model
-    got = weights_under_home(cfg)
-    assert got.image_weights == str(tmp_path / "weights" / "vit.safetensors")
-    assert got.depth_weights == "/abs/dpt_large.pt" and got.masks == "both"
-    assert weights_under_home(config("diff").model) == config("diff").model  # no weights: unchanged
+    monkeypatch.chdir(tmp_path.parent)
+    relative = config("both", modalities="audio+image", image_weights="weights/vit.safetensors")
+    with pytest.raises(WeightsError, match=f"^{tmp_path / 'weights' / 'vit.safetensors'}: no such file"):
+        SPEC.build_model(relative)
+    absolute = config("both", modalities="audio+depth", depth_weights="/abs/dpt_large.pt")
+    assert absolute.model.masks == "both"
+    with pytest.raises(WeightsError, match="^/abs/dpt_large.pt: no such file"):
+        SPEC.build_model(absolute)
 
 
 # --- heads and ears --------------------------------------------------------------------------------------------------

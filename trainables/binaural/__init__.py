@@ -15,9 +15,8 @@ from trainables.registry import DatasetBuilder, PaperReference, Serving, Tensor,
 
 def _build(config: BinauralConfig):
     from trainables.binaural.model import BinauralModel
-    from trainables.binaural.recipe import weights_under_home
 
-    return BinauralModel(weights_under_home(config.model))
+    return BinauralModel(config.model)  # relative weights paths: under BINSWEEP_HOME (weights.read_checkpoint)
 
 
 def _recipe(config: BinauralConfig):

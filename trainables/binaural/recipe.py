@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainables import datastore, home
+from trainables import datastore
 from trainables.binaural.config import BinauralConfig, BinauralModelConfig
 from trainables.binaural.data import BinauralReader, load_manifest
 from trainables.binaural.heads import ear_specs
@@ -46,14 +46,6 @@ def dataset_root(config: BinauralConfig) -> Path | str:
     """data.root: a URI (s3://...) as given, a folder as given when absolute, else under BINSWEEP_HOME (the driver
     resolves it before workers start)."""
     return datastore.normalize(config.data.root)
-
-
-def weights_under_home(cfg: BinauralModelConfig) -> BinauralModelConfig:
-    """Relative image_weights / depth_weights made absolute under BINSWEEP_HOME, as data.root and the caches are
-    (trainables.home): a sweep file's `weights/dpt_large.pt` is the same file for the driver and every worker, whose
-    working directory need not be the driver's."""
-    update = {k: str(home.resolve(v)) for k in ("image_weights", "depth_weights") if (v := getattr(cfg, k))}
-    return cfg.model_copy(update=update) if update else cfg
 
 
 def rms_normalize(wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +151,7 @@ class BinauralRecipe:
     def build_model(self) -> torch.nn.Module:
         from trainables.binaural.model import BinauralModel
 
-        return BinauralModel(weights_under_home(self.cfg))
+        return BinauralModel(self.cfg)
 
     def _reader(self, split: str, rank: int, world_size: int) -> BinauralReader:
         key = (split, rank, world_size)
