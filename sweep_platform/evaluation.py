@@ -75,24 +75,12 @@ def identify(uri: str) -> ModelIdentity:
     """The LoggedModel id, registered version and training run behind a model URI; only the URI for a folder."""
     if Path(uri).is_dir() or not uri.startswith(model_store.URI_SCHEMES):
         return ModelIdentity(uri)
-    c = tracking.client()
-    ref = uri[len("models:/"):].strip("/") if uri.startswith("models:/") else None
-    model_id = version = None
     try:
-        if ref is not None and "@" in ref:
-            name, alias = ref.rsplit("@", 1)
-            mv = c.get_model_version_by_alias(name, alias)
-            model_id, version = mv.model_id, f"{name}/{mv.version}"
-        elif ref is not None and "/" in ref:
-            name, number = ref.rsplit("/", 1)
-            mv = c.get_model_version(name, number)
-            model_id, version = mv.model_id, f"{name}/{mv.version}"
-        elif ref is not None:
-            model_id = ref
-        run_id, _ = model_store._source_run_id(uri)
-        run = c.get_run(run_id) if run_id else None
+        source = model_store.model_source(uri)
+        run = tracking.client().get_run(source.run_id) if source.run_id else None
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a missing model, alias or run
         raise model_store.ModelLoadError(uri, model_store.describe_error(exc)) from exc
+    model_id, version = source.model_id, source.version
     if model_id is None and run is not None:  # runs:/...: the newest LoggedModel of that run
         found = model_store.logged_model_uri(run)
         model_id = found.removeprefix("models:/") if found else None

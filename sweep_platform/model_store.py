@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +136,21 @@ def logged_model_uri(run) -> str | None:
     return f"models:/{ids[-1]}" if ids else None
 
 
-def _source_run_id(uri: str) -> tuple[str | None, dict[str, str]]:
-    """(the run that logged the model at `uri`, the registered version's tags) for a models:/ or runs:/ URI."""
+@dataclass(frozen=True)
+class ModelSource:
+    """What MLflow records behind a models:/ or runs:/ URI."""
+
+    run_id: str | None  # the run that logged the model
+    model_id: str | None = None  # m-..., the LoggedModel (None for runs:/...)
+    version: str | None = None  # NAME/VERSION when the URI names a registered version or alias
+    version_tags: dict[str, str] = field(default_factory=dict)
+
+
+def model_source(uri: str) -> ModelSource:
+    """The run, LoggedModel and registered version behind a models:/ or runs:/ URI (one MLflow lookup each)."""
     c = tracking.client()
     if uri.startswith("runs:/"):
-        return uri[len("runs:/"):].split("/", 1)[0] or None, {}
+        return ModelSource(uri[len("runs:/"):].split("/", 1)[0] or None)
     ref = uri[len("models:/"):].strip("/")
     if "@" in ref:  # models:/NAME@ALIAS
         name, alias = ref.rsplit("@", 1)
@@ -149,21 +159,21 @@ def _source_run_id(uri: str) -> tuple[str | None, dict[str, str]]:
         name, number = ref.rsplit("/", 1)
         version = c.get_model_version(name, number)
     else:  # models:/m-... (a LoggedModel)
-        return c.get_logged_model(ref).source_run_id, {}
+        return ModelSource(c.get_logged_model(ref).source_run_id, ref)
     run_id = version.run_id or (c.get_logged_model(version.model_id).source_run_id if version.model_id else None)
-    return run_id, dict(version.tags or {})
+    return ModelSource(run_id, version.model_id, f"{name}/{version.version}", dict(version.tags or {}))
 
 
 def _mlflow_origin(uri: str, trainable: str | None) -> tuple[TrainableSpec, dict[str, str]]:
     """The trainable of the model at `uri` and the params of the run that trained it."""
     try:
-        run_id, version_tags = _source_run_id(uri)
-        run = tracking.client().get_run(run_id) if run_id else None
+        source = model_source(uri)
+        run = tracking.client().get_run(source.run_id) if source.run_id else None
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a missing model, alias or run
         raise ModelLoadError(uri, describe_error(exc)) from exc
     if run is None:
         raise ModelLoadError(uri, "no MLflow run is recorded as its source, so its config is unknown")
-    tagged = run.data.tags.get(names.TAG_TRAINABLE) or version_tags.get(names.TAG_TRAINABLE)
+    tagged = run.data.tags.get(names.TAG_TRAINABLE) or source.version_tags.get(names.TAG_TRAINABLE)
     if trainable and tagged and trainable != tagged:
         raise ModelLoadError(uri, f"it is a {tagged} model, not {trainable}")
     name = trainable or tagged
