@@ -195,3 +195,37 @@ def test_cli_builds_and_reports(tmp_path):
     bad = CliRunner().invoke(app, ["data", "localization", "--out", str(tmp_path / "bad"), "--environments", "moon"])
     assert bad.exit_code == 2 and "environments" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_generated_kinds_pick_the_families_and_keep_old_digests(tmp_path):
+    from trainables import sounds
+
+    clips, kinds = sounds.generated_corpus(6, 800, 16000, seed=2, kinds=("noise", "chirp"))
+    assert kinds == ["noise", "chirp"] * 3
+    # clip i keeps its own seed (seed, i): the subset corpus draws each clip as the generator does alone
+    expected = sounds.generate_sound("chirp", 800, 16000, np.random.default_rng([2, 3]))
+    np.testing.assert_array_equal(clips[3], expected)
+    # the default (all six families) is left out of the record, so datasets built before keep their digest
+    assert "generated_kinds" not in small_cfg().record()
+    assert small_cfg(generated_kinds=sounds.KINDS).digest() == small_cfg().digest()
+    narrow = small_cfg(generated_kinds=["noise"])
+    assert narrow.digest() != small_cfg().digest()
+    build(narrow, tmp_path / "noise")
+    manifest = json.loads((tmp_path / "noise" / "manifest.json").read_text())
+    assert manifest["build"]["generated_kinds"] == ["noise"]
+    with pytest.raises(ValidationError, match=r"unknown 'voice'; known kinds: noise, harmonic"):
+        small_cfg(generated_kinds=("noise", "voice"))
+    with pytest.raises(ValidationError, match="generated_kinds"):
+        small_cfg(generated_kinds=())
+
+
+def test_cli_generated_kinds(tmp_path):
+    res = CliRunner().invoke(app, ["data", "localization", "--out", str(tmp_path / "bb"), "--generated-sounds", "4",
+                                   "--generated-kinds", "noise, am_mix", "--azimuth-step", "90",
+                                   "--environments", "anechoic", "--test-fraction", "0.25"])
+    assert res.exit_code == 0, res.output
+    build_record = json.loads((tmp_path / "bb" / "manifest.json").read_text())["build"]
+    assert build_record["generated_kinds"] == ["noise", "am_mix"]
+    bad = CliRunner().invoke(app, ["data", "localization", "--out", str(tmp_path / "bad"), "--generated-kinds", "bird"])
+    assert bad.exit_code == 2 and "generated_kinds" in bad.output and "known kinds" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -33,13 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from trainables import datastore
 from trainables.localization import shards, splits
+from trainables.sounds import KINDS, check_kinds
 
 BUILD_STATE = "build.json"
 Environment = Literal["anechoic", "reverberant"]
 # Fields added after datasets existed, with the value that reproduces those datasets: left out of the recorded config
 # when they hold it, so an old config keeps its digest, its manifest and its bytes.
 _LEGACY = {"val_split": "clip", "mix_generated": False, "rooms": 0, "heldout_rooms": 0, "rooms_per_sound": 1,
-           "snr_db": None, "level_jitter_db": 0.0}
+           "snr_db": None, "level_jitter_db": 0.0, "generated_kinds": KINDS}
 
 
 class LocalizationBuildConfig(BaseModel):
@@ -49,6 +50,8 @@ class LocalizationBuildConfig(BaseModel):
 
     sounds: Optional[Path] = Field(None, description="folder of recordings; None = the generated corpus")
     generated_sounds: int = Field(400, ge=2, description="how many generated sounds when no folder is given")
+    generated_kinds: tuple[str, ...] = Field(KINDS, description="families of the generated corpus, e.g. the "
+                                             "broadband ones (noise, chirp, am_mix); default all six")
     hrtf: Optional[Path] = Field(None, description="SOFA file; None = MIT KEMAR")
     azimuths: tuple[int, ...] = tuple(range(0, 360, 10))
     environments: tuple[Environment, ...] = ("anechoic", "reverberant")
@@ -76,6 +79,11 @@ class LocalizationBuildConfig(BaseModel):
         if not v or any(not 0 <= a < 360 for a in v) or len(set(v)) != len(v):
             raise ValueError("azimuths must be distinct integers in [0, 360)")
         return tuple(sorted(v))
+
+    @field_validator("generated_kinds")
+    @classmethod
+    def _kinds(cls, v):
+        return check_kinds(v)
 
     @field_validator("environments")
     @classmethod
@@ -112,7 +120,8 @@ def load_sounds(cfg: LocalizationBuildConfig) -> tuple[np.ndarray, list[str], li
 
     if cfg.sounds is not None and not cfg.mix_generated:
         return sounds.folder_corpus(cfg.sounds, cfg.n_samples, cfg.sample_rate)
-    clips, kinds = sounds.generated_corpus(cfg.generated_sounds, cfg.n_samples, cfg.sample_rate, cfg.seed)
+    clips, kinds = sounds.generated_corpus(cfg.generated_sounds, cfg.n_samples, cfg.sample_rate, cfg.seed,
+                                           cfg.generated_kinds)
     ids = [f"gen-{i:05d}" for i in range(len(clips))]
     sources = [f"generated/{k}/{i:05d}" for i, k in enumerate(kinds)]
     if cfg.sounds is None:

@@ -23,6 +23,10 @@ def localization(
     generated_sounds: Annotated[Optional[int], typer.Option(
         help="Generated sounds (default 400 without --sounds); with --sounds, this many generated sounds are added "
              "to the recordings.", min=2)] = None,
+    generated_kinds: Annotated[Optional[str], typer.Option(
+        help="Comma-separated families of the generated corpus (noise, harmonic, chirp, clicks, vowel, am_mix); "
+             "default all six. The broadband ones (noise,chirp,am_mix) carry the pinna cues at every frequency.")
+    ] = None,
     hrtf: Annotated[Optional[Path], typer.Option(help="SOFA file of your own subject; default MIT KEMAR.")] = None,
     azimuth_step: Annotated[int, typer.Option(help="Azimuth spacing in degrees (36 azimuths at 10).", min=1,
                                               max=180)] = 10,
@@ -59,10 +63,13 @@ def localization(
     uploaded when complete, manifest last.
     """
     from trainables.localization.builder import LocalizationBuildConfig, build
+    from trainables.sounds import KINDS
 
     snr = _snr_range(snr_db, default=(0.0, 30.0) if rooms else None)
     cfg = LocalizationBuildConfig(
         sounds=sounds, generated_sounds=generated_sounds or 400, hrtf=hrtf,
+        generated_kinds=KINDS if generated_kinds is None else tuple(k.strip() for k in generated_kinds.split(",")
+                                                                    if k.strip()),
         mix_generated=sounds is not None and generated_sounds is not None, val_split=val_split, rooms=rooms,
         heldout_rooms=(max(2, rooms // 4) if rooms else 0) if heldout_rooms is None else heldout_rooms,
         rooms_per_sound=rooms_per_sound, snr_db=snr,
