@@ -17,6 +17,7 @@ import os
 import re
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,13 +170,18 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
     name = name or default_name(spec)
     if not _NAME.match(name):
         raise SweepNameError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
-    if storage.exists(storage.sweep_dir(name)) or parent_run.find(name) is not None or storage.study_exists(name):
-        raise SweepExistsError(f"a sweep named {name!r} already exists ({storage.sweep_dir(name)}); continue it with "
-                               f"`binsweep resume {name}`, or start a new one with another --name")
-    ensure_dataset(spec, say)
-    trainable = get_trainable(spec.trainable)
-    base = resolve_data_root(trainable, trial_model_config(spec, {}))  # the base config and its dataset, checked once
-    cluster = ray_runtime.ensure_ray()
+    if storage.exists(storage.sweep_dir(name)):
+        raise _exists(name)
+    # The MLflow store and the Optuna storage are opened in a thread while this one starts Ray: on a fresh SQLite
+    # store the MLflow schema migrations take about 2 s, the local Ray start about 3 s (bench/README.md).
+    with ThreadPoolExecutor(1, thread_name_prefix="binsweep-stores") as pool:
+        recorded = pool.submit(lambda: parent_run.find(name) is not None or storage.study_exists(name))
+        ensure_dataset(spec, say)
+        trainable = get_trainable(spec.trainable)
+        base = resolve_data_root(trainable, trial_model_config(spec, {}))  # the base config and dataset, once
+        cluster = ray_runtime.ensure_ray()
+        if recorded.result():
+            raise _exists(name)
     ceiling = max_cluster_resources()
     conc = trials_at_once(spec, cluster, ceiling)
     exp_id, parent = parent_run.create(name, spec, sweep_file=sweep_file, concurrency=conc,
@@ -201,6 +207,11 @@ def start_sweep(path: str | Path, name: str | None = None, *, max_failures: int 
             callbacks=_callbacks(ctx, progress)),
     )
     return _fit(tuner, ctx)
+
+
+def _exists(name: str) -> SweepExistsError:
+    return SweepExistsError(f"a sweep named {name!r} already exists ({storage.sweep_dir(name)}); continue it with "
+                            f"`binsweep resume {name}`, or start a new one with another --name")
 
 
 def resume_sweep(name: str, *, retry_failed: bool = False, say=lambda text: None) -> SweepOutcome:
