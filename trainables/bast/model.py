@@ -49,12 +49,15 @@ class PatchEmbedding(nn.Module):
 
 def sinusoidal_table(n: int, dim: int) -> torch.Tensor:
     """Fixed absolute position embedding (Vaswani et al. 2017): [n, dim] with sin on even, cos on odd channels."""
-    pos = torch.arange(n, dtype=torch.float64).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(n, dim, dtype=torch.float64)
+    # Computed on the CPU, then put on the default device: on the meta device (a sweep counts parameters there)
+    # torch.arange runs through Python decompositions that import torch._dynamo, 1.3 s on first use.
+    cpu = torch.device("cpu")
+    pos = torch.arange(n, dtype=torch.float64, device=cpu).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=cpu) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n, dim, dtype=torch.float64, device=cpu)
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)
-    return table.float()
+    return table.float().to(torch.get_default_device())
 
 
 class TokenEmbedding(nn.Module):
