@@ -57,13 +57,13 @@ def train_label(tag: str | None) -> str:
 def evaluation_runs(source_run_ids: set[str] | None = None) -> list:
     """Every evaluation run in the store, newest first; only those of models trained by `source_run_ids` when
     given."""
-    from sweep_platform.leaderboard import _experiment_ids, _search_all
+    from sweep_platform.leaderboard import experiment_ids, search_all
 
     c = tracking.client()
-    ids = _experiment_ids(c)
+    ids = experiment_ids(c)
     if not ids:
         return []
-    runs = _search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{ROLE_EVALUATION}' and attributes.status = 'FINISHED'",
+    runs = search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{ROLE_EVALUATION}' and attributes.status = 'FINISHED'",
                        order_by=["attributes.start_time DESC"])
     if source_run_ids is not None:
         runs = [r for r in runs if r.data.tags.get(TAG_SOURCE_RUN) in source_run_ids]

@@ -112,15 +112,17 @@ def _quoted(value: str, what: str) -> str:
     return f"'{value}'"
 
 
-def _experiment_ids(c) -> list[str]:
+def experiment_ids(c) -> list[str]:
+    """Every experiment in the tracking store (sweeps, trainings and evaluations may each have their own)."""
     return [e.experiment_id for e in c.search_experiments()]
 
 
-def _search_all(c, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None,
+def search_all(c, experiments: list[str], filter_string: str, order_by: list[str] | None = None,
                 max_results: int | None = None) -> list:
+    """`search_runs` across pages (MLflow returns at most 1000 runs per call), up to `max_results` runs."""
     out, token = [], None
     while True:
-        page = c.search_runs(experiment_ids, filter_string=filter_string, order_by=order_by,
+        page = c.search_runs(experiments, filter_string=filter_string, order_by=order_by,
                              max_results=min(max_results or 1000, 1000), page_token=token)
         out.extend(page)
         token = page.token
@@ -131,18 +133,18 @@ def _search_all(c, experiment_ids: list[str], filter_string: str, order_by: list
 def find_sweep(name: str | None = None, trainable: str | None = None) -> SweepRef:
     """The parent run of sweep `name` (its latest, if the name was reused), or of the most recent sweep."""
     c = tracking.client()
-    ids = _experiment_ids(c)
+    ids = experiment_ids(c)
     conds = [f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'"]
     if name:
         conds.append(f"tags.`{names.TAG_SWEEP}` = {_quoted(name, 'sweep name')}")
     if trainable:
         conds.append(f"tags.`{names.TAG_TRAINABLE}` = {_quoted(trainable, 'trainable')}")
-    runs = _search_all(c, ids, " and ".join(conds), order_by=["attributes.start_time DESC"], max_results=1) if ids \
+    runs = search_all(c, ids, " and ".join(conds), order_by=["attributes.start_time DESC"], max_results=1) if ids \
         else []
     if not runs:
         where = tracking.redact(tracking.tracking_uri())
         if name:
-            sweeps = _search_all(c, ids, conds[0], max_results=200) if ids else []
+            sweeps = search_all(c, ids, conds[0], max_results=200) if ids else []
             known = sorted({r.data.tags.get(names.TAG_SWEEP, "?") for r in sweeps})
             hint = f"; sweeps there: {', '.join(known)}" if known else "; there are no sweeps there yet"
             raise SweepNotFoundError(f"no sweep named {name!r}{f' of trainable {trainable}' if trainable else ''} "
@@ -159,7 +161,7 @@ def find_sweep(name: str | None = None, trainable: str | None = None) -> SweepRe
 def trial_runs(sweep: SweepRef) -> list:
     """The child runs of a sweep, oldest first."""
     c = tracking.client()
-    return _search_all(c, [sweep.experiment_id], f"tags.`{names.TAG_PARENT}` = '{sweep.run_id}'",
+    return search_all(c, [sweep.experiment_id], f"tags.`{names.TAG_PARENT}` = '{sweep.run_id}'",
                        order_by=["attributes.start_time ASC"])
 
 

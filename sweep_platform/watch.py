@@ -41,10 +41,10 @@ def find_by_job(job_id: str) -> SweepRef:
     from sweep_platform import tracking
 
     c = tracking.client()
-    ids = lb._experiment_ids(c)
+    ids = lb.experiment_ids(c)
     cond = (f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}' and "
             f"tags.`{names.TAG_RAY_JOB}` = {lb._quoted(job_id, 'job id')}")
-    runs = lb._search_all(c, ids, cond, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    runs = lb.search_all(c, ids, cond, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     if runs:
         run = runs[0]
         tags = run.data.tags
@@ -57,7 +57,7 @@ def find_by_job(job_id: str) -> SweepRef:
             return lb.find_sweep(job_id[len(prefix):])
         except SweepNotFoundError:
             pass
-    sweeps = lb._search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'", max_results=200) if ids else []
+    sweeps = lb.search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'", max_results=200) if ids else []
     known = sorted({r.data.tags.get(names.TAG_SWEEP, "?") for r in sweeps})
     hint = f"; sweeps there: {', '.join(known)}" if known else "; there are no sweeps there yet"
     raise SweepNotFoundError(f"no sweep ran as Ray job {job_id!r} in {tracking.redact(tracking.tracking_uri())} "
