@@ -336,6 +336,15 @@ def save_npz_atomic(path: Path, **arrays) -> None:
         raise
 
 
+def load_npz(path: Path, *keys: str) -> tuple[np.ndarray, ...] | None:
+    """The arrays `keys` of an .npz cache file, or None when it is missing, unreadable or lacks one of them."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return tuple(z[k] for k in keys)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
 def _save_npz(path: Path, hrirs: HRIRSet) -> None:
     save_npz_atomic(path, format=np.int64(_CACHE_FORMAT), azimuth_deg=hrirs.azimuth_deg,
                     elevation_deg=hrirs.elevation_deg, distance_m=hrirs.distance_m, ir=hrirs.ir,

@@ -8,7 +8,7 @@ full image-source model of `trainables.acoustics.rooms` would need ~50 M image s
 - Early part, up to the mixing time t_mix = 2 sqrt(V) ms (V in m^3, clamped to 20..80 ms; Polack's estimate of
   when the field becomes diffuse, doubled for margin): every image source (J. B. Allen & D. A. Berkley, JASA 65(4),
   1979) that arrives before t_mix, enumerated directly in numpy, each binned to its nearest measured HRIR direction
-  and convolved with that HRIR (the recipe of `rooms.py`: frequency-independent walls, integer delays, spreading
+  and convolved with that HRIR (`binning`, the recipe of `rooms.py`: frequency-independent walls, integer delays, spreading
   d_direct / d, time relative to the direct sound).
 - Late tail, from t_mix: diffuse binaural noise (independent Gaussian noises through the HRIRs of `TAIL_DIRECTIONS`
   random measured directions, so the interaural coherence is that of a diffuse field at the ears, high at low
@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +36,8 @@ import scipy.signal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.spatial import cKDTree
 
-from trainables.acoustics.hrtf import HRIRSet, save_npz_atomic
+from trainables.acoustics.binning import render_paths
+from trainables.acoustics.hrtf import HRIRSet, load_npz, save_npz_atomic
 from trainables.acoustics.rooms import WALL_MARGIN_M, default_cache_dir, measure_rt60
 
 SPEED_OF_SOUND = 343.0  # m/s
@@ -180,10 +180,7 @@ def _early(room: DrawnRoom, azimuth_deg: float, hrirs: HRIRSet, tree: cKDTree, s
     keep = delay < n_mix
     vec, dist, delay, order = vec[keep], dist[keep], delay[keep], order[keep]
     gains = d0 / dist * math.sqrt(1.0 - room.absorption) ** order
-    _, nearest = tree.query(vec / dist[:, None])  # chord length orders like the angle
-    used, which = np.unique(nearest, return_inverse=True)
-    trains = np.bincount(which * n_mix + delay, weights=gains, minlength=used.size * n_mix).reshape(used.size, n_mix)
-    return scipy.signal.fftconvolve(trains[:, None, :], hrirs.ir[used].astype(np.float64), axes=-1).sum(axis=0)
+    return render_paths(hrirs, tree, vec / dist[:, None], delay, gains, n_mix)
 
 
 def diffuse_noise(hrirs: HRIRSet, n: int, rng: np.random.Generator, directions: int = TAIL_DIRECTIONS
@@ -231,14 +228,9 @@ def room_bank(hrirs: HRIRSet, room: DrawnRoom, azimuths_deg: Sequence[float], ke
     """
     azimuths = np.asarray(azimuths_deg, dtype=np.float64)
     path = Path(cache_dir or default_cache_dir()) / f"room-{_cache_key(hrirs, room, azimuths, keep_samples)}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                bank, rt60 = z["brir"], float(z["rt60_s"])
-            if bank.shape == (azimuths.size, 2, keep_samples):
-                return bank, rt60
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable cache: render again and overwrite it
+    cached = load_npz(path, "brir", "rt60_s")  # None when missing or unreadable: rendered again and overwritten
+    if cached is not None and cached[0].shape == (azimuths.size, 2, keep_samples) and cached[1].shape == ():
+        return cached[0], float(cached[1])
     sr = hrirs.sample_rate
     length = max(keep_samples, math.ceil(room.rt60_target_s * sr) + hrirs.taps)
     tree = cKDTree(hrirs.unit_vectors())

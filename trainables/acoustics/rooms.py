@@ -8,7 +8,7 @@
   (R. Scheibler et al., ICASSP 2018), at the full order that holds every path arriving within the RT60 after the
   direct sound (a little above `pra.inverse_sabine`'s order), so the tail is not cut short. Every image source is
   binned to the nearest measured HRIR direction (azimuth and elevation), the impulses of each direction form one
-  train, and the trains are FFT-convolved with their HRIRs and summed (the recipe measured in
+  train, and the trains are FFT-convolved with their HRIRs and summed (`binning`; the recipe measured in
   shared/reference/acoustic_data.md; listener treated as a point, omni source, integer delays, frequency-independent
   walls; KEMAR stops at -40 deg elevation, so steeper floor reflections take the -40 deg responses).
 - Reverberation time: Schroeder backward integration (M. R. Schroeder, JASA 37(3), 1965) with the T30 range of
@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -39,12 +38,12 @@ from typing import Literal
 import numpy as np
 import pyroomacoustics as pra
 import scipy.optimize
-import scipy.signal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.spatial import cKDTree
 
 from trainables import home as paths
-from trainables.acoustics.hrtf import HRIRSet, save_npz_atomic
+from trainables.acoustics.binning import nearest_directions, render_binned
+from trainables.acoustics.hrtf import HRIRSet, load_npz, save_npz_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ _MAX_ABSORPTION = 0.99  # calibration stays below total absorption (sqrt(1 - a) 
 MAX_SABINE_ABSORPTION = 0.8  # calibration may move it ~30 % either way and must stay below 1
 MAX_IMAGE_SOURCES = 12_000_000  # ~300 bytes each at peak (measured): one BRIR stays under ~4 GB
 _ALGORITHM = "ism-binned-v1"  # bump when the rendering changes, so cached banks are recomputed
-_DIRECTIONS_PER_FFT = 64  # HRIR directions convolved at once: bounds memory at ~20 MB per chunk
 
 
 def _lattice_radius(size: Sequence[float]) -> float:
@@ -193,22 +191,13 @@ class _BinnedPaths:
         keep = delay < room.tail_samples
         self.n = room.tail_samples
         self.delay, self.order, self.spread = delay[keep], order[keep], d0 / dist[keep]
-        # Unit vectors and the HRIR grid are compared by chord length, which orders like the angle between them.
-        _, nearest = tree.query(vec[keep] / dist[keep, None])
-        self.used, self.which = np.unique(nearest, return_inverse=True)
+        self.used, self.which = nearest_directions(tree, vec[keep] / dist[keep, None])
         self.max_order = max_order
 
     def render(self, hrirs: HRIRSet, absorption: float) -> np.ndarray:
         """[2, n + taps - 1] float64 BRIR for walls of energy absorption `absorption`."""
         gains = self.spread * np.sqrt(1.0 - absorption) ** self.order
-        # One impulse train per measured direction, [D, n]; bincount sums coinciding arrivals.
-        trains = np.bincount(self.which * self.n + self.delay, weights=gains,
-                             minlength=self.used.size * self.n).reshape(self.used.size, self.n)
-        out = np.zeros((2, self.n + hrirs.taps - 1))
-        for lo in range(0, self.used.size, _DIRECTIONS_PER_FFT):
-            chunk = slice(lo, lo + _DIRECTIONS_PER_FFT)
-            out += scipy.signal.fftconvolve(trains[chunk, None, :], hrirs.ir[self.used[chunk]], axes=-1).sum(axis=0)
-        return out
+        return render_binned(hrirs, self.used, self.which, self.delay, gains, self.n)
 
 
 def _image_sources(room: RoomConfig, source: np.ndarray, absorption: float, max_order: int):
@@ -310,14 +299,10 @@ def brir_bank(hrirs: HRIRSet, room: RoomConfig, azimuths_deg: Sequence[float],
     path = Path(cache_dir or default_cache_dir()) / f"{_cache_key(hrirs, room, azimuths)}.npz"
     length = room.tail_samples + hrirs.taps - 1
     if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                bank = z["brir"]
-            if bank.shape == (azimuths.size, 2, length) and bank.dtype == np.float32:
-                return bank
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable cache: render again and overwrite it
-        log.warning("ignoring unreadable BRIR cache %s", path)
+        cached = load_npz(path, "brir")
+        if cached is not None and cached[0].shape == (azimuths.size, 2, length) and cached[0].dtype == np.float32:
+            return cached[0]
+        log.warning("ignoring unreadable BRIR cache %s", path)  # rendered again and overwritten
 
     absorption = calibrated_absorption(hrirs, room)
     tree = cKDTree(hrirs.unit_vectors())

@@ -13,7 +13,7 @@ this module gives the [2, L] response of each source at the listener's ears, in 
   image lattice up to the RT60 needs millions of images. Pseudo-images at uniformly random times and uniformly
   random directions on the sphere carry the energy the image lattice would: the early part's energy rate just
   before the horizon, decaying at 60 dB per Eyring RT60 of this room (area-weighted absorption).
-- Binaural rendering as in `rooms`: each path is binned to the nearest measured HRIR direction (azimuth and elevation;
+- Binaural rendering as in `rooms` (`binning`): each path is binned to the nearest measured HRIR direction (azimuth and elevation;
   KEMAR stops at -40 deg, so steeper floor paths take the -40 deg responses), impulses of one direction form one train
   (integer delays), and the trains are FFT-convolved with their HRIRs and summed.
 - Free field (`anechoic=True`): the direct path only, amplitude 1/r: an anechoic chamber with perfectly absorbing walls.
@@ -31,15 +31,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyroomacoustics as pra
-import scipy.fft
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.spatial import cKDTree
 
+from trainables.acoustics.binning import render_paths
 from trainables.acoustics.hrtf import HRIRSet
 from trainables.acoustics.rooms import WALL_MARGIN_M, _lattice_radius
 
 WALLS = ("west", "east", "south", "north", "floor", "ceiling")  # pyroomacoustics' names, in its order
-_DIRECTIONS_PER_FFT = 128  # HRIR directions transformed at once: bounds memory at ~20 MB per chunk
 _TAIL_DENSITY_PER_S = 4000  # pseudo-images per second of late tail: dense enough to sound smooth at 16 kHz
 _DECAY_DB = 60.0
 
@@ -162,7 +161,6 @@ def brirs(hrirs: HRIRSet, room: ShoeboxRoom, listener: Sequence[float], sources:
     tree = cKDTree(hrirs.unit_vectors())
     rng = np.random.default_rng([seed, 31])
     out = np.zeros((len(pos), 2, n + hrirs.taps - 1))
-    nfft = scipy.fft.next_fast_len(out.shape[-1], real=True)
     for k, (vec, damping) in enumerate(paths):
         dist = np.linalg.norm(vec, axis=1)
         amp = damping / dist
@@ -173,17 +171,7 @@ def brirs(hrirs: HRIRSet, room: ShoeboxRoom, listener: Sequence[float], sources:
         if not room.anechoic:
             tu, td, ta = _tail(room, dist, amp, d_ref, n, rng)
             units, delays, amps = np.concatenate([units, tu]), np.concatenate([delays, td]), np.concatenate([amps, ta])
-        _, nearest = tree.query(units)  # chord length orders like the angle
-        used, which = np.unique(nearest, return_inverse=True)
-        trains = np.bincount(which * n + delays, weights=amps, minlength=used.size * n).reshape(used.size, n)
-        # Convolve in the frequency domain and sum over directions before the one inverse FFT: [D, n] trains times
-        # [D, 2, taps] HRIRs -> [2, n + taps - 1].
-        spectrum = np.zeros((2, nfft // 2 + 1), np.complex128)
-        for lo in range(0, used.size, _DIRECTIONS_PER_FFT):
-            chunk = slice(lo, lo + _DIRECTIONS_PER_FFT)
-            spectrum += np.einsum("df,dcf->cf", np.fft.rfft(trains[chunk], nfft),
-                                  np.fft.rfft(hrirs.ir[used[chunk]].astype(np.float64), nfft))
-        out[k] = np.fft.irfft(spectrum, nfft)[:, :out.shape[-1]]
+        out[k] = render_paths(hrirs, tree, units, delays, amps, n)
     return out
 
 
