@@ -68,14 +68,13 @@ def localization(
     snr = _snr_range(snr_db, default=(0.0, 30.0) if rooms else None)
     cfg = LocalizationBuildConfig(
         sounds=sounds, generated_sounds=generated_sounds or 400, hrtf=hrtf,
-        generated_kinds=KINDS if generated_kinds is None else tuple(k.strip() for k in generated_kinds.split(",")
-                                                                    if k.strip()),
+        generated_kinds=KINDS if generated_kinds is None else _names(generated_kinds),
         mix_generated=sounds is not None and generated_sounds is not None, val_split=val_split, rooms=rooms,
         heldout_rooms=(max(2, rooms // 4) if rooms else 0) if heldout_rooms is None else heldout_rooms,
         rooms_per_sound=rooms_per_sound, snr_db=snr,
         level_jitter_db=(10.0 if rooms else 0.0) if level_jitter_db is None else level_jitter_db,
         azimuths=tuple(range(0, 360, azimuth_step)),
-        environments=tuple(e.strip() for e in environments.split(",") if e.strip()),
+        environments=_names(environments),
         rt60_s=rt60, source_distance_m=distance, test_fraction=test_fraction, val_fraction=val_fraction,
         dtype=dtype, shard_rows=shard_rows, seed=seed,
     )
@@ -83,6 +82,11 @@ def localization(
         task = bar.add_task("render", total=None)
         manifest = build(cfg, out, progress=lambda done, total: bar.update(task, completed=done, total=total))
     print_manifest(manifest)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated option ("anechoic, reverberant") as its names, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _snr_range(text: str | None, default):
