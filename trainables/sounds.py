@@ -120,12 +120,11 @@ def generated_corpus(
     """n_sounds clips cycling through the families `kinds` (default all six): ([n_sounds, n_samples] float32, kind
     of each clip). Clip i is drawn from the seed (seed, i), so the all-family corpus keeps its bytes."""
     families = check_kinds(kinds)
-    clips, kinds = np.empty((n_sounds, n_samples), np.float32), []
-    for i in range(n_sounds):
-        kind = families[i % len(families)]
+    labels = [families[i % len(families)] for i in range(n_sounds)]
+    clips = np.empty((n_sounds, n_samples), np.float32)
+    for i, kind in enumerate(labels):
         clips[i] = generate_sound(kind, n_samples, sample_rate, np.random.default_rng([seed, i]))
-        kinds.append(kind)
-    return clips, kinds
+    return clips, labels
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
