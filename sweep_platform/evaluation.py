@@ -187,8 +187,8 @@ def _log(ev: EvaluationRun, files: dict[str, Any], experiment: str | None) -> No
 
 def run_link(ev: EvaluationRun) -> str:
     """Where to see the evaluation run: a link into the MLflow UI (after `mlflow ui` for the embedded store)."""
-    page = f"#/experiments/{ev.experiment_id}/runs/{ev.run_id}?{tracking.UI_VIEW}"
     uri = tracking.tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return f"{tracking.redact(uri).rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {tracking.redact(uri)}, then http://127.0.0.1:5000/{page}"
+        return tracking.ui_link(tracking.redact(uri), ev.experiment_id, ev.run_id)
+    return (f"mlflow ui --backend-store-uri {tracking.redact(uri)}, then "
+            f"{tracking.ui_link('http://127.0.0.1:5000', ev.experiment_id, ev.run_id)}")

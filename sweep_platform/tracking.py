@@ -56,9 +56,12 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_VIEW = "workflowType=machine_learning"
 
 
-def ui_link(base: str, experiment_id: str | None = None) -> str:
-    """A link into the MLflow UI that opens its model-training view: the experiment's runs table, or the list."""
+def ui_link(base: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens its model-training view: a run's page, the experiment's runs table, or
+    the list of experiments."""
     page = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
+    if experiment_id and run_id:
+        page += f"/{run_id}"
     return f"{base.rstrip('/')}/{page}?{UI_VIEW}"
 
 
