@@ -64,7 +64,7 @@ def evaluation_runs(source_run_ids: set[str] | None = None) -> list:
     if not ids:
         return []
     runs = search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{ROLE_EVALUATION}' and attributes.status = 'FINISHED'",
-                       order_by=["attributes.start_time DESC"])
+                      order_by=["attributes.start_time DESC"])
     if source_run_ids is not None:
         runs = [r for r in runs if r.data.tags.get(TAG_SOURCE_RUN) in source_run_ids]
     return runs

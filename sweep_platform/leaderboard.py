@@ -53,6 +53,14 @@ class SweepRef:
     trainable: str
     start_time: int
 
+    @classmethod
+    def of(cls, run, trainable: str = "") -> SweepRef:
+        """The sweep whose parent run is `run` (a searched MLflow run)."""
+        tags = run.data.tags
+        return cls(name=tags.get(names.TAG_SWEEP, run.info.run_name), run_id=run.info.run_id,
+                   experiment_id=run.info.experiment_id, trainable=tags.get(names.TAG_TRAINABLE, trainable),
+                   start_time=run.info.start_time or 0)
+
     def sweep_file(self) -> dict[str, Any]:
         """The sweep file the sweep ran (its `sweep.yaml` artifact) as a dict; {} when there is none or it cannot be
         read."""
@@ -144,25 +152,25 @@ def find_sweep(name: str | None = None, trainable: str | None = None) -> SweepRe
     if not runs:
         where = tracking.redact(tracking.tracking_uri())
         if name:
-            sweeps = search_all(c, ids, conds[0], max_results=200) if ids else []
-            known = sorted({r.data.tags.get(names.TAG_SWEEP, "?") for r in sweeps})
-            hint = f"; sweeps there: {', '.join(known)}" if known else "; there are no sweeps there yet"
             raise SweepNotFoundError(f"no sweep named {name!r}{f' of trainable {trainable}' if trainable else ''} "
-                                     f"in {where}{hint}")
+                                     f"in {where}{known_sweeps_hint(c, ids)}")
         raise SweepNotFoundError(f"no sweeps{f' of trainable {trainable}' if trainable else ''} in {where}: run "
                                  f"`binsweep sweep FILE.yaml` first")
-    run = runs[0]
-    tags = run.data.tags
-    return SweepRef(name=tags.get(names.TAG_SWEEP, run.info.run_name), run_id=run.info.run_id,
-                    experiment_id=run.info.experiment_id, trainable=tags.get(names.TAG_TRAINABLE, trainable or ""),
-                    start_time=run.info.start_time or 0)
+    return SweepRef.of(runs[0], trainable or "")
+
+
+def known_sweeps_hint(c, ids: list[str]) -> str:
+    """The tail of a "no such sweep" message: the names of up to 200 sweeps in the store, or that there are none."""
+    sweeps = search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'", max_results=200) if ids else []
+    known = sorted({r.data.tags.get(names.TAG_SWEEP, "?") for r in sweeps})
+    return f"; sweeps there: {', '.join(known)}" if known else "; there are no sweeps there yet"
 
 
 def trial_runs(sweep: SweepRef) -> list:
     """The child runs of a sweep, oldest first."""
     c = tracking.client()
     return search_all(c, [sweep.experiment_id], f"tags.`{names.TAG_PARENT}` = '{sweep.run_id}'",
-                       order_by=["attributes.start_time ASC"])
+                      order_by=["attributes.start_time ASC"])
 
 
 def run_state(run) -> str:

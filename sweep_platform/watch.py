@@ -46,22 +46,15 @@ def find_by_job(job_id: str) -> SweepRef:
             f"tags.`{names.TAG_RAY_JOB}` = {lb._quoted(job_id, 'job id')}")
     runs = lb.search_all(c, ids, cond, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     if runs:
-        run = runs[0]
-        tags = run.data.tags
-        return lb.SweepRef(name=tags.get(names.TAG_SWEEP, run.info.run_name), run_id=run.info.run_id,
-                              experiment_id=run.info.experiment_id, trainable=tags.get(names.TAG_TRAINABLE, ""),
-                              start_time=run.info.start_time or 0)
+        return lb.SweepRef.of(runs[0])
     prefix = "binsweep-"
     if job_id.startswith(prefix) and len(job_id) > len(prefix):
         try:
             return lb.find_sweep(job_id[len(prefix):])
         except SweepNotFoundError:
             pass
-    sweeps = lb.search_all(c, ids, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'", max_results=200) if ids else []
-    known = sorted({r.data.tags.get(names.TAG_SWEEP, "?") for r in sweeps})
-    hint = f"; sweeps there: {', '.join(known)}" if known else "; there are no sweeps there yet"
     raise SweepNotFoundError(f"no sweep ran as Ray job {job_id!r} in {tracking.redact(tracking.tracking_uri())} "
-                             f"(no parent run tagged {names.TAG_RAY_JOB}={job_id}){hint}")
+                             f"(no parent run tagged {names.TAG_RAY_JOB}={job_id}){lb.known_sweeps_hint(c, ids)}")
 
 
 def sweep_state(parent) -> str:
