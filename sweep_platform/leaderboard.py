@@ -114,7 +114,7 @@ def metric_mode(metric: str) -> str:
     return "max" if metric in MAX_METRICS else "min"
 
 
-def _quoted(value: str, what: str) -> str:
+def quoted(value: str, what: str) -> str:
     if "'" in value or "\\" in value:
         raise ValueError(f"{what} {value!r} contains a quote or backslash; sweep names use letters, digits, _ - .")
     return f"'{value}'"
@@ -144,9 +144,9 @@ def find_sweep(name: str | None = None, trainable: str | None = None) -> SweepRe
     ids = experiment_ids(c)
     conds = [f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}'"]
     if name:
-        conds.append(f"tags.`{names.TAG_SWEEP}` = {_quoted(name, 'sweep name')}")
+        conds.append(f"tags.`{names.TAG_SWEEP}` = {quoted(name, 'sweep name')}")
     if trainable:
-        conds.append(f"tags.`{names.TAG_TRAINABLE}` = {_quoted(trainable, 'trainable')}")
+        conds.append(f"tags.`{names.TAG_TRAINABLE}` = {quoted(trainable, 'trainable')}")
     runs = search_all(c, ids, " and ".join(conds), order_by=["attributes.start_time DESC"], max_results=1) if ids \
         else []
     if not runs:

@@ -43,7 +43,7 @@ def find_by_job(job_id: str) -> SweepRef:
     c = tracking.client()
     ids = lb.experiment_ids(c)
     cond = (f"tags.`{names.TAG_ROLE}` = '{names.ROLE_SWEEP}' and "
-            f"tags.`{names.TAG_RAY_JOB}` = {lb._quoted(job_id, 'job id')}")
+            f"tags.`{names.TAG_RAY_JOB}` = {lb.quoted(job_id, 'job id')}")
     runs = lb.search_all(c, ids, cond, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     if runs:
         return lb.SweepRef.of(runs[0])
