@@ -115,6 +115,7 @@ def metric_mode(metric: str) -> str:
 
 
 def quoted(value: str, what: str) -> str:
+    """`value` quoted for an MLflow filter string; a ValueError naming `what` when it would break out of it."""
     if "'" in value or "\\" in value:
         raise ValueError(f"{what} {value!r} contains a quote or backslash; sweep names use letters, digits, _ - .")
     return f"'{value}'"
