@@ -16,11 +16,18 @@ import scipy.signal
 import torch
 from torch import nn
 
+NPERSEG, NOVERLAP = 256, 128  # BAST's spectrogram (the reference code's scipy.signal.spectrogram arguments)
+
+
+def n_frames(n_samples: int, nperseg: int = NPERSEG, noverlap: int = NOVERLAP) -> int:
+    """Time frames T of a clip of n_samples (0 when it is shorter than one segment)."""
+    return (n_samples - nperseg) // (nperseg - noverlap) + 1 if n_samples >= nperseg else 0
+
 
 class Spectrogram(nn.Module):
     """Power spectral density per frame, equal to scipy.signal.spectrogram's `Sxx`."""
 
-    def __init__(self, sample_rate: int = 16000, nperseg: int = 256, noverlap: int = 128):
+    def __init__(self, sample_rate: int = 16000, nperseg: int = NPERSEG, noverlap: int = NOVERLAP):
         super().__init__()
         if not 0 <= noverlap < nperseg:
             raise ValueError(f"noverlap must be in [0, nperseg): got noverlap={noverlap}, nperseg={nperseg}")
@@ -39,7 +46,7 @@ class Spectrogram(nn.Module):
         self.register_buffer("bin_weights", torch.from_numpy(weights), persistent=False)
 
     def n_frames(self, n_samples: int) -> int:
-        return (n_samples - self.nperseg) // self.hop + 1
+        return n_frames(n_samples, self.nperseg, self.nperseg - self.hop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., S] -> PSD [..., F, T] with F = nperseg // 2 + 1, T = (S - nperseg) // hop + 1."""
@@ -78,7 +85,7 @@ class LogStandardize(nn.Module):
 class BinauralFrontEnd(nn.Module):
     """Binaural waveforms [B, 2, S] -> normalised log spectrograms [B, 2, F, T] (BAST input, 2×129×61 for 8000 samples)."""
 
-    def __init__(self, sample_rate: int = 16000, nperseg: int = 256, noverlap: int = 128):
+    def __init__(self, sample_rate: int = 16000, nperseg: int = NPERSEG, noverlap: int = NOVERLAP):
         super().__init__()
         self.spectrogram = Spectrogram(sample_rate, nperseg, noverlap)
         self.normalize = LogStandardize()

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainables.audio import NOVERLAP, NPERSEG, n_frames
 from trainables.localization.predict import SAMPLE_RATE
 from trainables.localization.shards import Manifest
 
-NPERSEG, HOP = 256, 128  # BinauralFrontEnd's defaults, the front end every localizer is trained with
+HOP = NPERSEG - NOVERLAP  # BinauralFrontEnd's defaults, the front end every localizer is trained with
 
 
 class DatasetMismatchError(ValueError):
@@ -27,8 +28,7 @@ class DatasetMismatchError(ValueError):
 
 def spectrogram_shape(n_samples: int) -> tuple[int, int]:
     """(F, T) that BinauralFrontEnd gives for a clip of `n_samples` (F = 129 bins; T = (S - 256) // 128 + 1)."""
-    frames = (n_samples - NPERSEG) // HOP + 1 if n_samples >= NPERSEG else 0
-    return NPERSEG // 2 + 1, frames
+    return NPERSEG // 2 + 1, n_frames(n_samples)
 
 
 def samples_for_frames(frames: int) -> tuple[int, int]:
