@@ -11,7 +11,7 @@ running, never tested) are left out and counted.
 from __future__ import annotations
 
 import html
-import math
+import statistics
 from typing import Any
 
 from sweep_platform import leaderboard as lb
@@ -25,10 +25,7 @@ def split_param(rows: list[dict]) -> str | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def aggregate(rows: list[dict], metrics: tuple[str, ...], split: str) -> tuple[list[dict[str, Any]], int]:
